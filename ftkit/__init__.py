@@ -1,0 +1,32 @@
+"""ftkit: fine-tune language models on your own GPU or CPU with the workflow of the Nscale fine-tuning service.
+
+Heavy libraries (torch, transformers) load only when a function that needs them is called, so ``import ftkit``
+and ``ftkit --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {}
+
+
+def _export(module: str, *names: str) -> None:
+    for n in names:
+        _EXPORTS[n] = module
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'ftkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+_export(".bundled", "BundledModelMissing")
