@@ -30,3 +30,8 @@ def __dir__():
 
 
 _export(".bundled", "BundledModelMissing")
+_export(".pubmedqa", "prepare_pubmedqa", "load_pqal", "load_test_truth")
+_export(".prepared", "PreparedDataset")
+_export(".datacheck", "check_dataset")
+_export(".datareport", "DatasetReport")
+_export(".tokencount", "count_chat_tokens")

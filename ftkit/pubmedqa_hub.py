@@ -12,18 +12,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .prepared import PreparedDataset, write_prepared
 from .pubmedqa import (
     ANSWER_STYLES,
     COLUMNS,
     DECISIONS,
     INSTRUCTIONS,
     DatasetUnavailable,
-    PreparedDataset,
     format_answer,
     format_prompt,
     sha256_file,
     split_ids,
-    write_prepared,
 )
 
 HF_REPO = "qiaojin/PubMedQA"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ftkit import prepared as prepared_mod
 from ftkit import pubmedqa
 from ftkit.pubmedqa import ChecksumMismatch, DatasetUnavailable, prepare_pubmedqa
 
@@ -150,7 +151,7 @@ def test_failure_leaves_old_output_intact(tmp_path, pqal_path, monkeypatch):
     out = tmp_path / "data"
     prepare_pubmedqa(out, source=pqal_path, max_train=30)
     before = split_files(out)
-    real = pubmedqa.write_csv
+    real = prepared_mod.write_csv
     calls = []
 
     def fail_on_second(path, columns, rows):
@@ -159,7 +160,7 @@ def test_failure_leaves_old_output_intact(tmp_path, pqal_path, monkeypatch):
         if len(calls) == 2:
             raise OSError("disk full")  # ...then the run dies
 
-    monkeypatch.setattr(pubmedqa, "write_csv", fail_on_second)
+    monkeypatch.setattr(prepared_mod, "write_csv", fail_on_second)
     with pytest.raises(OSError, match="disk full"):
         prepare_pubmedqa(out, source=pqal_path)
     assert split_files(out) == before
