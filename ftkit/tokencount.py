@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -52,15 +52,16 @@ def count_chat_tokens(
     return counts
 
 
-def resolve_model_ref(ref: str | os.PathLike) -> tuple[str, int | None, str]:
-    """(tokenizer source: local folder or HF repo id, context length or None, display name) of a model ref.
+def resolve_model_ref(ref: str | os.PathLike) -> tuple[str, Callable[[], int | None], str]:
+    """(tokenizer source: local folder or HF repo id, a function giving the context length or None, display
+    name) of a model reference. The context length is a function because a hub model's needs a download.
 
     A local model folder is used as is; otherwise ``ftkit.catalog.resolve_model`` decides when that module
     exists; ``"bundled"`` is the bundled SmolLM2 model.
     """
     p = Path(ref).expanduser()
     if p.is_dir():
-        return str(p), config_context_length(p), str(ref)
+        return str(p), lambda: config_context_length(p), str(ref)
     try:
         from .catalog import resolve_model
     except ModuleNotFoundError as e:
@@ -70,16 +71,19 @@ def resolve_model_ref(ref: str | os.PathLike) -> tuple[str, int | None, str]:
     if resolve_model is not None:
         info = resolve_model(str(ref))
         source = str(info.source)
-        try:
-            ctx = info.context_length
-        except Exception:  # a hub model's config.json cannot be fetched offline: the length stays unknown
-            ctx = None
-        return source, ctx or config_context_length(source), str(getattr(info, "name", ref))
+
+        def context() -> int | None:
+            try:
+                return info.context_length or config_context_length(source)
+            except Exception:  # a hub model's config.json cannot be fetched: the length stays unknown
+                return None
+
+        return source, context, str(getattr(info, "name", ref))
     if str(ref) == "bundled":
         from . import bundled
 
         path = bundled.ensure(quiet=True)
-        return str(path), config_context_length(path), bundled.NAME
+        return str(path), lambda: config_context_length(path), bundled.NAME
     raise ValueError(f"model {str(ref)!r} is not a local model folder nor 'bundled'")
 
 
@@ -99,13 +103,14 @@ def config_context_length(source: str | os.PathLike) -> int | None:
 def load_tokenizer(model) -> tuple[object, int | None, str]:
     """(tokenizer, context length or None, name) for a tokenizer object or a model reference (see above)."""
     if isinstance(model, (str, os.PathLike)):
-        source, ctx, name = resolve_model_ref(model)
+        source, context, name = resolve_model_ref(model)
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(source), ctx, name
+            tok = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load the tokenizer of model {str(model)!r} from {source}: {e}") from e
+        return tok, context(), name
     name = getattr(model, "name_or_path", "") or type(model).__name__
     ctx = config_context_length(name) if name else None
     limit = getattr(model, "model_max_length", None)
