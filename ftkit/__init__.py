@@ -35,3 +35,6 @@ _export(".prepared", "PreparedDataset")
 _export(".datacheck", "check_dataset")
 _export(".datareport", "DatasetReport")
 _export(".tokencount", "count_chat_tokens")
+_export(".spec", "JobSpec", "DatasetSpec", "Hyperparameters", "LoraSpec", "LocalSettings", "DatasetFiles",
+        "load_job", "save_job", "fields_table", "JobSpecError", "JobSpecWarning", "SpecProblem")
+_export(".catalog", "ModelInfo", "resolve_model", "list_models", "catalog_table", "UnknownModelError")

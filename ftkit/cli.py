@@ -184,6 +184,29 @@ def _add_data(sub) -> None:
     v.set_defaults(func=_validate)
 
 
+def _models(args) -> int:
+    from .catalog import models_command
+
+    return models_command(as_json=args.json)
+
+
+def _check_job(args) -> int:
+    from .spec import check_job_command
+
+    return check_job_command(args.job, check_files=not args.no_files)
+
+
+def _add_spec(sub) -> None:
+    m = sub.add_parser("models", help="list the base models (catalog, bundled) a job can name")
+    m.add_argument("--json", action="store_true", help="JSON instead of a table")
+    m.set_defaults(func=_models)
+
+    c = sub.add_parser("check-job", help="validate a job file: print its normalised body or its problems")
+    c.add_argument("job", help="job file (.json/.yaml/.yml): service body or the demo client's YAML layout")
+    c.add_argument("--no-files", action="store_true", help="check the body only, not its data files")
+    c.set_defaults(func=_check_job)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -196,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     _add_training(sub)
+    _add_spec(sub)
     _add_data(sub)
 
     return p
