@@ -86,7 +86,7 @@ class FtkitCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "train_runtime" in logs:  # the Trainer's end-of-run summary, not a step record
+        if "train_loss" in logs and "loss" not in logs:  # the Trainer's end-of-run summary, not a step record
             return
         now = time.perf_counter()
         record = dict.fromkeys(METRIC_FIELDS)

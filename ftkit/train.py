@@ -190,7 +190,10 @@ def train(spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, 
     if world > 1:
         from accelerate import PartialState
 
-        state = PartialState()  # initialises the process group early so rank 0 can set the job up alone
+        from .modeling import pick_device
+
+        # Initialise the process group now (as the Trainer will) so that rank 0 can set the job up alone.
+        state = PartialState(cpu=pick_device(local.device) == "cpu")
         if rank == 0:
             job, resume = _open_job(spec, spec_dict, data, root, fresh)
         state.wait_for_everyone()
@@ -362,6 +365,7 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
     callback = FtkitCallback(job=job, writer=writer, eval_steps=evals, signals=sig, on_record=on_record,
                              tokenizer=tokenizer, keep_best=hp.best_checkpoints)
     trainer = _CountingTrainer(model=model, args=args, data_collator=collator, train_dataset=enc_train.examples,
+                               processing_class=tokenizer,
                                eval_dataset=enc_val.examples or None, callbacks=[callback])
     callback.trainer = trainer
     trainer.train(resume_from_checkpoint=resume)
