@@ -17,7 +17,8 @@ class Encoded:
     """Token ids and labels of a set of rows, plus what the caller must report."""
 
     examples: list[dict]  # {"input_ids": [...], "labels": [...]}
-    truncated_rows: list[int] = field(default_factory=list)  # 0-based row indexes cut at max_seq_length
+    truncated_rows: list[int] = field(default_factory=list)  # 0-based row indexes longer than max_seq_length
+    answer_cut_rows: list[int] = field(default_factory=list)  # of those, rows whose answer had to be cut too
     max_seq_length: int = 0
 
     @property
@@ -35,8 +36,12 @@ class Encoded:
         if self.truncated_rows:
             s += (
                 f"; {len(self.truncated_rows)} rows truncated to max_seq_length={self.max_seq_length} "
-                f"(first rows: {[r + 1 for r in self.truncated_rows[:5]]}; raise local.max_seq_length to keep them whole)"
+                f"(first rows: {[r + 1 for r in self.truncated_rows[:5]]}): prompts shortened from the end so the "
+                f"answer stays whole"
             )
+            if self.answer_cut_rows:
+                s += f", but {len(self.answer_cut_rows)} answers were cut too"
+            s += "; raise local.max_seq_length to keep rows whole"
         return s
 
 
@@ -85,12 +90,34 @@ def encode_rows(
     """Encode every row; rows longer than ``max_seq_length`` are cut at the end and listed in ``truncated_rows``."""
     out = Encoded(examples=[], max_seq_length=max_seq_length)
     for i, answer in enumerate(answers):
-        ids, labels = encode_row(tokenizer, None if prompts is None else prompts[i], answer, mask_prompt)
+        prompt = None if prompts is None else prompts[i]
+        ids, labels = encode_row(tokenizer, prompt, answer, mask_prompt)
         if len(ids) > max_seq_length:
             out.truncated_rows.append(i)
-            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+            if prompt:
+                ids, labels = _shorten_prompt(tokenizer, prompt, answer, mask_prompt, max_seq_length, len(ids))
+            if len(ids) > max_seq_length:
+                out.answer_cut_rows.append(i)
+                ids, labels = ids[:max_seq_length], labels[:max_seq_length]
         out.examples.append({"input_ids": ids, "labels": labels})
     return out
+
+
+def _shorten_prompt(tokenizer, prompt, answer, mask_prompt, max_len, length):
+    """Cut the end of the prompt text until the row fits: a truncated answer would teach the wrong thing
+    (for PubMedQA, the decision word comes first in the answer, and the question first in the prompt)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids, labels = [], []
+    for _ in range(4):  # re-tokenising the shortened text can shift a token or two
+        keep = len(p_ids) - (length - max_len) - 1
+        if keep <= 0:
+            break
+        p_ids = p_ids[:keep]
+        ids, labels = encode_row(tokenizer, tokenizer.decode(p_ids) + " ...", answer, mask_prompt)
+        length = len(ids)
+        if length <= max_len:
+            break
+    return (ids, labels) if ids else encode_row(tokenizer, prompt, answer, mask_prompt)
 
 
 def padded_collator(tokenizer):

@@ -59,7 +59,7 @@ def _diff(old, new, path="") -> list[str]:
 
 
 # Local settings that change how a job is run or reported but not what it learns: a resume may change them.
-_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "quiet", "save_steps"}
+_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps"}
 
 
 def _fingerprint(spec_dict: dict, data: dict) -> dict:
@@ -185,7 +185,7 @@ def train(spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, 
         for name, p in (("train", files.train), ("validation", files.validation))
     }
     spec_dict = spec.normalized()
-    root = jobs_dir or local.output_dir
+    root = jobs_dir or os.environ.get("FTKIT_JOBS_DIR") or local.output_dir
 
     if world > 1:
         from accelerate import PartialState
@@ -272,7 +272,7 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
     precision = modeling.pick_precision(device, local.precision)
     log(f"device {device}; precision {precision.name} ({precision.reason})")
     load_dtype = precision.name if hp.lora.enabled else "fp32"  # full fine-tuning keeps fp32 master weights
-    model, tokenizer, info = modeling.load_model(spec.base_model_id, device="cpu", dtype=load_dtype,
+    model, tokenizer, info = modeling.load_model(spec.resolved_model(), device="cpu", dtype=load_dtype,
                                                  trust_remote_code=local.trust_remote_code)
     log(f"model {info.name} from {info.source}; {modeling.ensure_pad_token(tokenizer)}")
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask

@@ -34,11 +34,21 @@ def test_answer_only_rows(tok):
     assert "user" not in tok.decode(ids)
 
 
-def test_truncation_is_counted_and_reported(tok):
-    enc = encode_rows(tok, ["short", "long " * 400], ["yes", "no"], max_seq_length=64)
-    assert enc.truncated_rows == [1]
-    assert max(len(e["input_ids"]) for e in enc.examples) == 64
+def test_truncation_shortens_the_prompt_keeps_the_answer_and_is_reported(tok):
+    enc = encode_rows(tok, ["short", "Question? " + "long " * 400], ["yes", "no. Because."], max_seq_length=64,
+                      mask_prompt=True)
+    assert enc.truncated_rows == [1] and enc.answer_cut_rows == []
+    ids, labels = enc.examples[1]["input_ids"], enc.examples[1]["labels"]
+    assert len(ids) <= 64
+    assert tok.decode([t for t in labels if t != IGNORE]) == "no. Because.<|im_end|>"
+    assert "Question?" in tok.decode(ids)
     assert "1 rows truncated to max_seq_length=64" in enc.summary()
+
+
+def test_answer_longer_than_the_limit_is_cut_and_reported(tok):
+    enc = encode_rows(tok, ["q"], ["word " * 200], max_seq_length=32)
+    assert enc.answer_cut_rows == [0] and len(enc.examples[0]["input_ids"]) == 32
+    assert "1 answers were cut too" in enc.summary()
 
 
 def test_padding_free_batch_matches_one_by_one(tiny_model_dir, tok):
