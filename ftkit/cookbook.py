@@ -1,0 +1,136 @@
+"""Small helpers the cookbook notebooks call, so that no logic lives only in a notebook.
+
+The five notebooks share one run folder (``run_dir``) and pass work to each other through files in it:
+``data/`` (prepared CSVs), ``job.json`` (the job spec), ``runs/`` (job folders), ``plots/``, ``eval/``, ``exports/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CookbookPaths:
+    """Where each notebook reads and writes inside one run folder."""
+
+    run_dir: Path
+    data: Path  # the prepared PubMedQA folder (inside run_dir unless a sweep shares one)
+
+    @property
+    def job_file(self) -> Path:
+        return self.run_dir / "job.json"
+
+    @property
+    def jobs(self) -> Path:
+        return self.run_dir / "runs"
+
+    @property
+    def plots(self) -> Path:
+        return self.run_dir / "plots"
+
+    @property
+    def eval(self) -> Path:
+        return self.run_dir / "eval"
+
+    @property
+    def exports(self) -> Path:
+        return self.run_dir / "exports"
+
+    def __repr__(self) -> str:  # notebooks show this: keep it free of absolute, machine-specific paths
+        return f"CookbookPaths(run_dir={os.path.relpath(self.run_dir)!r})"
+
+
+def paths(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> CookbookPaths:
+    """The run folder's layout (created on first use). ``data_dir`` is only for sweeps sharing one dataset."""
+    run = Path(run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    return CookbookPaths(run, Path(data_dir).resolve() if data_dir else run / "data" / "pubmedqa")
+
+
+def build_job(
+    run_dir: str | os.PathLike,
+    name: str,
+    model: str = "bundled",
+    n_epochs: int = 1,
+    n_evals: int = 2,
+    batch_size: int = 8,
+    learning_rate: float = 3e-4,
+    warmup_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    mask_prompt_labels: bool = True,
+    best_checkpoints: bool = False,
+    lora_enabled: bool = True,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    trainable_modules: list[str] | None = None,
+    max_seq_length: int | None = 512,
+    micro_batch_size: int | None = None,
+    max_steps: int | None = None,
+    max_train_rows: int | None = None,
+    seed: int = 42,
+    data_dir: str | os.PathLike | None = None,
+):
+    """A validated :class:`~ftkit.spec.JobSpec` from the flat parameters of notebook 02 (service field names)."""
+    from .spec import load_job
+
+    p = paths(run_dir, data_dir)
+    data = p.data
+    local = {"seed": seed, "max_seq_length": max_seq_length, "micro_batch_size": micro_batch_size,
+             "max_steps": max_steps, "max_train_rows": max_train_rows, "output_dir": str(p.jobs)}
+    body = {
+        "name": name,
+        "base_model_id": model,
+        "dataset": {"id": str(data), "prompt_column": "prompt", "answer_column": "answer"},
+        "hyperparameters": {
+            "n_epochs": n_epochs, "n_evals": n_evals, "batch_size": batch_size, "learning_rate": learning_rate,
+            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "best_checkpoints": best_checkpoints,
+            "mask_prompt_labels": mask_prompt_labels,
+            "lora": {"enabled": lora_enabled, "r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
+                     "trainable_modules": list(trainable_modules or [])},
+        },
+        "local": {k: v for k, v in local.items() if v is not None},
+    }
+    return load_job(body)
+
+
+def validation_messages(body: dict) -> str:
+    """What ftkit says about a job body: 'valid' with its notes, or every problem at once."""
+    from .spec import JobSpecError, load_job
+
+    try:
+        spec = load_job(body)
+    except JobSpecError as e:
+        return str(e)
+    notes = getattr(spec, "notes", None) or []
+    return "valid" + "".join(f"\n  note: {n}" for n in notes)
+
+
+def preview_example(spec, row: int = 0):
+    """The first training row rendered as tokens coloured by whether they are trained (an HTML object)."""
+    import pandas as pd
+    from IPython.display import HTML
+
+    from .form import render_trained_tokens
+    from .modeling import load_tokenizer
+
+    files = spec.dataset_files()
+    df = pd.read_csv(files.train, dtype=str, keep_default_na=False)
+    prompt = df[spec.dataset.prompt_column].iloc[row] if spec.dataset.prompt_column else None
+    answer = df[spec.dataset.answer_column].iloc[row]
+    tok = load_tokenizer(spec.resolved_model())
+    return HTML(render_trained_tokens(tok, prompt, answer, spec.hyperparameters.mask_prompt_labels))
+
+
+def maybe_push(job, repo_id: str = "", token_env: str = "HF_TOKEN", merged: bool = False) -> str:
+    """Push a job's result to the Hugging Face Hub when a repo id and a token are set; otherwise say why not."""
+    if not repo_id:
+        return "Hub push skipped: no hub_repo_id given"
+    if not os.environ.get(token_env):
+        return f"Hub push skipped: ${token_env} is not set"
+    from .export import push_to_hub
+
+    url = push_to_hub(job, repo_id=repo_id, token=os.environ[token_env], merged=merged)
+    return f"pushed to {url}"
