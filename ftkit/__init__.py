@@ -29,7 +29,11 @@ def __dir__():
     return sorted(list(globals()) + list(_EXPORTS))
 
 
+from . import cookbook  # noqa: E402,F401  (light at import time: notebooks call ftkit.cookbook.*)
+
 _export(".bundled", "BundledModelMissing")
+_export(".train", "run_job")
+_export(".jobs", "get_job", "list_jobs", "jobs_table", "cancel", "JobError")
 _export(".pubmedqa", "prepare_pubmedqa", "load_pqal", "load_test_truth")
 _export(".prepared", "PreparedDataset")
 _export(".datacheck", "check_dataset")

@@ -134,3 +134,69 @@ def maybe_push(job, repo_id: str = "", token_env: str = "HF_TOKEN", merged: bool
 
     url = push_to_hub(job, repo_id=repo_id, token=os.environ[token_env], merged=merged)
     return f"pushed to {url}"
+
+
+def plot_token_lengths(data_dir: str | os.PathLike, model: str = "bundled", out: str | os.PathLike | None = None):
+    """Histogram of tokens per row (chat template applied, as training sees them) for each split of a dataset."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ._io import atomic_path
+    from .modeling import load_tokenizer
+    from .tokencount import count_chat_tokens
+
+    tok = load_tokenizer(model)
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    for split in ("train", "validation", "test"):
+        f = Path(data_dir) / f"{split}.csv"
+        if not f.is_file():
+            continue
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        counts = count_chat_tokens(tok, df["prompt"].tolist(), df["answer"].tolist())
+        ax.hist(counts, bins=30, alpha=0.5, label=f"{split} ({len(counts)} rows, max {max(counts)})")
+    ax.set_xlabel("tokens per row (chat template applied)")
+    ax.set_ylabel("rows")
+    ax.legend()
+    fig.tight_layout()
+    if out is not None:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return fig
+
+
+def show_rows(csv_path: str | os.PathLike, n: int = 3, width: int = 160):
+    """The first rows of a prompt/answer CSV with long texts shortened, as a DataFrame."""
+    import pandas as pd
+
+    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False).head(n)
+    return df.map(lambda v: v if len(v) <= width else v[: width - 1] + "…")
+
+
+def show_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2))
+
+
+def last_metrics(job, n: int = 5):
+    """The job's last metric records as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(job.metrics()[-n:])
+
+
+def job_ids(jobs_dir: str | os.PathLike, jobs: list[str] | None = None) -> list[str]:
+    """The jobs to plot: the given ids, or every job in ``jobs_dir`` (oldest first)."""
+    from .jobs import list_jobs
+
+    return list(jobs) if jobs else [j.id for j in list_jobs(jobs_dir)]
+
+
+def export_merged(job, out: str | os.PathLike, enabled: bool = True) -> str:
+    """Export the merged model (notebook 05), or say it was skipped."""
+    if not enabled:
+        return "merged export skipped (export_merged = False)"
+    from .export import export_job
+
+    return export_job(job, out=out, merged=True).name

@@ -231,6 +231,9 @@ def train(spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, 
             raise jobstore.JobError(f"job {job.id!r} failed: {msg}") from exc
 
 
+run_job = train  # the public name (ftkit.run_job): ``ftkit.train`` is this module
+
+
 def _failure_message(exc: BaseException, spec, local) -> str:
     import torch
 
