@@ -60,8 +60,8 @@ On a CPU the defaults take a stratified subsample so the whole cookbook runs in 
 """),
     params("""
 run_dir = "../out/cookbook"  # str: folder shared by all five notebooks (data, job, runs, plots, eval, exports)
-data_dir = None  # str | None: where to write the CSVs; None = <run_dir>/data/pubmedqa
-source = None  # str | None: a local ori_pqal.json; None = ftkit cache, ../shared, then download (hash-checked)
+data_dir = None  # str | None: where to write the CSVs; None means <run_dir>/data/pubmedqa
+source = None  # str | None: a local ori_pqal.json; None means ftkit cache, ../shared, then download (hash-checked)
 seed = 42  # int: seed of the train/validation split and of the subsamples
 n_validation = 50  # int: validation rows taken from the 500 non-test examples (the rest train)
 answer_style = "decision_long"  # str: "decision", "decision_long" (decision word + long answer) or "long"
@@ -102,7 +102,7 @@ next: [3 · Train](03_train_local.ipynb).
 """),
     params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
-data_dir = None  # str | None: prepared PubMedQA folder; None = <run_dir>/data/pubmedqa
+data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 model = "bundled"  # str: catalog name/UUID, HF repo id or folder; GPU: "Meta-Llama-3.1-8B-Instruct"
 job_name = "pubmedqa-lora"  # str: the job's name (also its id: re-running it resumes)
 n_epochs = 1  # int 1..20: passes over the training rows; GPU: 3
@@ -187,7 +187,7 @@ and for several overlaid (labelled by job name) to compare runs. Previous: [3 ·
     params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
 data_dir = None  # str | None: unused here (sweeps pass it to every notebook)
-jobs = None  # list[str] | None: job ids or folders to compare; None = every job in <run_dir>/runs
+jobs = None  # list[str] | None: job ids or folders to compare; None means every job in <run_dir>/runs
 """),
     code(SETUP.format(data="")),
     code("ftkit.cookbook.job_ids(paths.jobs, jobs)"),
@@ -212,12 +212,12 @@ job, metrics and a model card — optionally pushed to the Hugging Face Hub. Pre
 """),
     params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
-data_dir = None  # str | None: prepared PubMedQA folder; None = <run_dir>/data/pubmedqa
+data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 job_id = "pubmedqa-lora"  # str: the job to evaluate and export (notebook 2's job_name)
-eval_limit = None  # int | None: score only the first N test rows; None = the whole test.csv
+eval_limit = None  # int | None: score only the first N test rows; None means the whole test.csv
 n_examples = 3  # int: test questions to answer with the tuned model
 export_merged = True  # bool: also export the LoRA merged into a full-precision copy of the base model
-hub_repo_id = ""  # str: "user/name" to push the adapter to the Hugging Face Hub (needs $HF_TOKEN); "" = skip
+hub_repo_id = ""  # str: "user/name" to push the adapter to the Hugging Face Hub (needs $HF_TOKEN); "" means skip
 """),
     code(SETUP.format(data=", data_dir")),
     code("job = ftkit.get_job(job_id, paths.jobs)\njob"),
