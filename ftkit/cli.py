@@ -243,6 +243,56 @@ def _add_spec(sub) -> None:
     c.set_defaults(func=_check_job)
 
 
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _score(args) -> int:
+    from .evaluate import score_command
+
+    return score_command(args)
+
+
+def _generate(args) -> int:
+    from .generate import generate_command
+
+    return generate_command(args)
+
+
+def _add_evaluation(sub) -> None:
+    ref = "job id or folder, exported .tar.gz, or model (catalog name, 'bundled', HF repo id, local folder)"
+    e = sub.add_parser("evaluate", help="yes/no/maybe accuracy and macro-F1 of a job or model on a CSV; "
+                                        "writes official-format predictions")
+    e.add_argument("model", metavar="JOB|EXPORT|MODEL", help=ref)
+    e.add_argument("--data", default="data/pubmedqa/test.csv", help="CSV with prompt and final_decision/answer "
+                   "(default: data/pubmedqa/test.csv)")
+    e.add_argument("--out", default="predictions.json", help="predictions {pmid: decision} (default: "
+                   "predictions.json; metrics go beside it as .metrics.json)")
+    e.add_argument("--method", choices=["score", "generate"], default="score",
+                   help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer")
+    e.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    e.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")
+    e.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    e.add_argument("--jobs-dir", default=None, help="where job ids are looked up (default runs/)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("score", help="score an official predictions file against test_ground_truth.json")
+    s.add_argument("predictions", help="JSON {pmid: yes|no|maybe} for all 500 test PMIDs")
+    s.add_argument("--truth", default=None, help="test_ground_truth.json (default: the official file)")
+    s.set_defaults(func=_score)
+
+    g = sub.add_parser("generate", help="greedy answers of a job or model to prompts (chat template applied)")
+    g.add_argument("model", metavar="JOB|EXPORT|MODEL", help=ref)
+    g.add_argument("prompts", nargs="+", metavar="PROMPT")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
+    g.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    g.add_argument("--jobs-dir", default=None)
+    g.set_defaults(func=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -258,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_spec(sub)
     _add_data(sub)
+    _add_evaluation(sub)
 
     return p
 
