@@ -200,3 +200,20 @@ def export_merged(job, out: str | os.PathLike, enabled: bool = True) -> str:
     from .export import export_job
 
     return export_job(job, out=out, merged=True).name
+
+
+def plot_confusion(table, label: str = "tuned", out: str | os.PathLike | None = None):
+    """Confusion matrix of one model of a :func:`ftkit.compare` table, saved as PNG when ``out`` is given."""
+    import matplotlib.pyplot as plt
+
+    from ._io import atomic_path
+    from .metrics import plot_confusion as draw
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=100)
+    draw(table.attrs["results"][label], ax=ax)
+    fig.tight_layout()
+    if out is not None:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return fig

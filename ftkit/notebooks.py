@@ -126,7 +126,7 @@ def _final(run_dir: Path) -> dict:
         evals = [r["eval_loss"] for r in read_metrics(m) if r.get("eval_loss") is not None]
         if evals:
             res["eval_loss"] = evals[-1]
-    metrics = run_dir / "eval" / "tuned.metrics.json"
+    metrics = run_dir / "eval" / "tuned.predictions.metrics.json"
     if metrics.is_file():
         m = json.loads(metrics.read_text())
         res["accuracy"], res["macro_f1"] = m.get("accuracy"), m.get("macro_f1")

@@ -230,7 +230,7 @@ table
 """, IGNORE),
     code("table.shape, list(table.columns)"),
     md("## Confusion matrix of the tuned model"),
-    code("ftkit.plot_confusion(paths.eval / 'tuned.metrics.json', out=paths.plots / 'confusion.png')", IGNORE),
+    code("ftkit.cookbook.plot_confusion(table, 'tuned', out=paths.plots / 'confusion.png')", IGNORE),
     md("## Try it"),
     code("ftkit.sample_answers(str(job.path), paths.data / 'test.csv', n=n_examples)", IGNORE),
     md("## Export\nThe adapter archive is small; the merged archive holds a full model that loads without peft "
