@@ -293,6 +293,77 @@ def _add_evaluation(sub) -> None:
     g.set_defaults(func=_generate)
 
 
+def _plot(args) -> int:
+    from .jobs import JobError
+    from .plots import plot_metrics
+
+    try:
+        plot_metrics(args.jobs, out=args.out, jobs_dir=args.jobs_dir)
+    except (JobError, ValueError, OSError) as e:
+        print(f"ftkit: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import ExportError, export_job
+    from .jobs import JobError
+
+    try:
+        out = export_job(args.job, out=args.out, merged=args.merged, evaluation=args.evaluation,
+                         jobs_dir=args.jobs_dir)
+    except (ExportError, JobError, ValueError, OSError) as e:
+        print(f"ftkit: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _push(args) -> int:
+    from .export import ExportError
+    from .hub import HubError, push_to_hub
+    from .jobs import JobError
+
+    try:
+        url = push_to_hub(args.job, repo_id=args.repo_id, token_env=args.token_env, private=not args.public,
+                          merged=args.merged, evaluation=args.evaluation, jobs_dir=args.jobs_dir)
+    except (HubError, ExportError, JobError, ValueError, OSError) as e:
+        print(f"ftkit: {e}", file=sys.stderr)
+        return 1
+    print(f"pushed to {url}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("plot", help="plot metric curves of one job or several overlaid, as a PNG")
+    p.add_argument("jobs", nargs="+", metavar="JOB", help="job ids, job folders or metrics.jsonl files")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--jobs-dir", default=None)
+    p.set_defaults(func=_plot)
+
+    e = sub.add_parser("export", help="pack a completed job (adapter or merged model, tokenizer, job, "
+                                      "metrics, model card) into one .tar.gz")
+    e.add_argument("job", help="job id or job folder")
+    e.add_argument("--out", default=None, help="archive to write (default: <job id>[-merged].tar.gz)")
+    e.add_argument("--merged", action="store_true",
+                   help="merge the LoRA adapter into a full-precision copy of the base model")
+    e.add_argument("--evaluation", default=None, help="evaluation results to include (JSON file or folder)")
+    e.add_argument("--jobs-dir", default=None)
+    e.set_defaults(func=_export)
+
+    h = sub.add_parser("push", help="upload a job's export (or an export archive) to a Hugging Face Hub repo")
+    h.add_argument("job", help="job id, job folder or .tar.gz archive from `ftkit export`")
+    h.add_argument("--repo-id", default=None, help="the model repo, user/name (created if missing)")
+    h.add_argument("--token-env", default=None,
+                   help="environment variable holding the token (default: HF_TOKEN or `hf auth login`)")
+    h.add_argument("--merged", action="store_true", help="push the merged model instead of the adapter")
+    h.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    h.add_argument("--evaluation", default=None, help="evaluation results to include (JSON file or folder)")
+    h.add_argument("--jobs-dir", default=None)
+    h.set_defaults(func=_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -309,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(sub)
     _add_data(sub)
     _add_evaluation(sub)
+    _add_export(sub)
 
     return p
 
