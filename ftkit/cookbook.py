@@ -130,7 +130,7 @@ def maybe_push(job, repo_id: str = "", token_env: str = "HF_TOKEN", merged: bool
         return "Hub push skipped: no hub_repo_id given"
     if not os.environ.get(token_env):
         return f"Hub push skipped: ${token_env} is not set"
-    from .export import push_to_hub
+    from .hub import push_to_hub
 
     url = push_to_hub(job, repo_id=repo_id, token=os.environ[token_env], merged=merged)
     return f"pushed to {url}"

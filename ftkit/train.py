@@ -229,6 +229,9 @@ def train(spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, 
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise jobstore.JobError(f"job {job.id!r} failed: {msg}") from exc
+        finally:
+            if hasattr(on_record, "close"):  # e.g. a LivePlot: draw the records since its last redraw
+                on_record.close()
 
 
 run_job = train  # the public name (ftkit.run_job): ``ftkit.train`` is this module
