@@ -51,3 +51,4 @@ _export(".evaluate", "evaluate", "compare", "score_against_truth", "majority_bas
 _export(".metrics", "EvalResult", "plot_confusion", "classification_metrics")
 _export(".generate", "generate", "sample_answers")
 _export(".inference", "load_for_inference", "ModelRefError")
+_export(".estimate", "estimate", "Estimate")

@@ -364,6 +364,21 @@ def _add_export(sub) -> None:
     h.set_defaults(func=_push)
 
 
+def _estimate(args) -> int:
+    from .estimate import estimate_command
+
+    return estimate_command(args.job, measure=not args.no_measure, steps=args.steps, as_json=args.json)
+
+
+def _add_estimate(sub) -> None:
+    e = sub.add_parser("estimate", help="a job's tokens, steps, memory and time here, before it runs")
+    e.add_argument("job", help="job file (.json/.yaml)")
+    e.add_argument("--no-measure", action="store_true", help="do not load the model to time training steps")
+    e.add_argument("--steps", type=int, default=3, help="optimizer steps timed after one warm-up (default 3)")
+    e.add_argument("--json", action="store_true", help="the estimate as JSON")
+    e.set_defaults(func=_estimate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -380,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(sub)
     _add_data(sub)
     _add_evaluation(sub)
+    _add_estimate(sub)
     _add_export(sub)
 
     return p
