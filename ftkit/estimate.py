@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import html
 import math
-import sys
-import types
 import warnings
 from dataclasses import asdict, dataclass, field
 
+from ._callmodule import make_callable
 from ._estimate_run import GIB, Memory, Timing
 
 
@@ -392,11 +391,5 @@ def estimate_command(job: str, measure: bool = True, steps: int = 3, as_json: bo
     return 0
 
 
-class _CallableModule(types.ModuleType):
-    # Importing this module binds it as ``ftkit.estimate``, shadowing the function the package exports under
-    # that name; a callable module keeps ``ftkit.estimate(spec)`` working whichever was imported first.
-    def __call__(self, *args, **kwargs):
-        return estimate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# ftkit.estimate is both this module and the function it exports: keep the module callable
+make_callable(__name__, estimate)
