@@ -8,7 +8,7 @@ TORCH ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint clean-venv
+.PHONY: setup test demo bench lint notebooks clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,8 +21,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+NBVAL := $(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+# pytest (unit, engine, papermill suite and sweep), then nbval: re-execute every notebook from a clean run folder
+# and compare with the committed outputs.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+	rm -rf out/cookbook
+	$(NBVAL)
+
+# Rebuild the notebooks from scripts/build_notebooks.py and store the outputs of a clean run at their defaults.
+notebooks: setup
+	$(PY) scripts/build_notebooks.py
+	$(PY) -c "from ftkit.notebooks import refresh_outputs; print(f'cookbook at defaults: {refresh_outputs():.0f} s')"
 
 demo: setup
 	$(VENV)/bin/ftkit demo

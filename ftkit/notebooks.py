@@ -117,6 +117,22 @@ def run_suite(
     return run
 
 
+def refresh_outputs() -> float:
+    """Execute the notebooks in place at their defaults (fresh run folder) so they carry the outputs nbval
+    compares against. Returns the seconds it took: the cookbook's wall time on this machine."""
+    import shutil
+
+    import papermill as pm
+
+    src = notebooks_dir()
+    shutil.rmtree(src / "../out/cookbook", ignore_errors=True)  # the notebooks' default run_dir
+    t0 = time.perf_counter()
+    for nb in NOTEBOOKS:
+        path = src / f"{nb}.ipynb"
+        pm.execute_notebook(str(path), str(path), kernel_name=KERNEL, cwd=str(src), progress_bar=False)
+    return time.perf_counter() - t0
+
+
 def _final(run_dir: Path) -> dict:
     """Final eval_loss and the tuned model's accuracy / macro-F1 of one sweep run, read from its files."""
     from .jobs import read_metrics

@@ -65,8 +65,8 @@ source = None  # str | None: a local ori_pqal.json; None means ftkit cache, ../s
 seed = 42  # int: seed of the train/validation split and of the subsamples
 n_validation = 50  # int: validation rows taken from the 500 non-test examples (the rest train)
 answer_style = "decision_long"  # str: "decision", "decision_long" (decision word + long answer) or "long"
-max_train = 160  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
-max_validation = 16  # int | None: subsample of validation rows; GPU: None
+max_train = 96  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
+max_validation = 12  # int | None: subsample of validation rows; GPU: None
 max_test = 48  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
 model = "bundled"  # str: model whose tokenizer counts tokens; GPU: the model you will train, e.g. "Meta-Llama-3.1-8B-Instruct"
 """),
@@ -114,7 +114,7 @@ mask_prompt_labels = True  # bool: train on answer tokens only
 lora_r = 8  # int 1..64: LoRA rank; GPU: 16
 lora_alpha = 16  # int 1..64: LoRA scaling (update x alpha/r); GPU: 32
 lora_dropout = 0.05  # float 0..<1: dropout on the LoRA branch
-max_seq_length = 512  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
+max_seq_length = 384  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
 micro_batch_size = None  # int | None: rows per forward pass, gradient accumulation keeps batch_size; GPU: None
 max_steps = None  # int | None: cap on optimizer steps for a quick run; GPU: None
 measure_estimate = True  # bool: time real training steps for the estimate (takes ~1 minute on a CPU)
@@ -235,8 +235,9 @@ table
     code("ftkit.sample_answers(str(job.path), paths.data / 'test.csv', n=n_examples)", IGNORE),
     md("## Export\nThe adapter archive is small; the merged archive holds a full model that loads without peft "
        "(checked against base + adapter on a probe prompt before packing)."),
-    code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz').name"),
-    code("ftkit.cookbook.export_merged(job, paths.exports / 'merged.tar.gz', enabled=export_merged)"),
+    code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz')", IGNORE),
+    code("ftkit.cookbook.export_merged(job, paths.exports / 'merged.tar.gz', enabled=export_merged)", IGNORE),
+    code("sorted(p.name for p in paths.exports.glob('*.tar.gz'))"),
     md("## Push to the Hugging Face Hub\nSkipped unless `hub_repo_id` is set and `$HF_TOKEN` holds a token. The token "
        "is read from the environment and never written or shown."),
     code("ftkit.cookbook.maybe_push(job, hub_repo_id)"),
