@@ -113,7 +113,7 @@ def preview_example(spec, row: int = 0):
     import pandas as pd
     from IPython.display import HTML
 
-    from .form import render_trained_tokens
+    from .tokenview import render_trained_tokens
     from .modeling import load_tokenizer
 
     files = spec.dataset_files()
