@@ -167,7 +167,8 @@ class LocalSettings(_Section):
     only where it is measured faster than fp32. fp16 cannot train on CPU."""
     batching: Literal["auto", "padding_free", "padded"] = "auto"
     """How rows share a micro-batch: padding_free packs them into one sequence that attention keeps apart (no
-    compute on padding); padded pads each micro-batch to its longest row. auto = padding_free."""
+    compute on padding); padded pads each micro-batch to its longest row (length-grouped). auto = padding_free
+    only with FlashAttention-2 (varlen kernels), else padded: see ftkit.train.auto_batching."""
     logging_steps: Int = Field(1, ge=1)
     """Record the training loss every this many optimizer steps."""
     output_dir: str = Field("runs", min_length=1)

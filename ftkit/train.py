@@ -98,6 +98,18 @@ def eval_schedule(total_steps: int, n_evals: int, has_validation: bool) -> list[
     return sorted({max(1, math.ceil(total_steps * k / n)) for k in range(1, n + 1)})
 
 
+def auto_batching(model) -> str:
+    """padding_free where attention runs packed rows without a dense mask (FlashAttention-2 varlen), else padded.
+
+    With SDPA or eager attention a packed micro-batch needs a block-diagonal mask over all its tokens: attention
+    then costs (sum of lengths)^2 instead of the sum of squares, and on CPU the mask and the attention weights are
+    materialised for every layer (SmolLM2-135M, 8 x 384 tokens: 9.7 GB resident and 1.6x slower than
+    length-grouped padding; benchmarks/engine_settings.py).
+    """
+    impl = getattr(model.config, "_attn_implementation", None) or ""
+    return "padding_free" if "flash" in impl else "padded"
+
+
 class _Signals:
     """First Ctrl-C / SIGTERM asks for a clean stop at the end of the step; a second Ctrl-C stops at once."""
 
@@ -319,7 +331,7 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
     if local.max_steps:
         total_steps = min(total_steps, local.max_steps)
     evals = eval_schedule(total_steps, hp.n_evals, bool(enc_val.examples))
-    batching = local.batching if local.batching != "auto" else "padding_free"
+    batching = local.batching if local.batching != "auto" else auto_batching(model)
     log(f"{total_steps} optimizer steps ({steps_per_epoch}/epoch x {hp.n_epochs}); effective batch "
         f"{hp.batch_size} = micro-batch {micro} x accumulation {accum} x {world} process(es); "
         f"evaluations after steps {evals or 'none'}; batching {batching}; max_seq_length {max_len}")

@@ -65,9 +65,9 @@ source = None  # str | None: a local ori_pqal.json; None means ftkit cache, ../s
 seed = 42  # int: seed of the train/validation split and of the subsamples
 n_validation = 50  # int: validation rows taken from the 500 non-test examples (the rest train)
 answer_style = "decision_long"  # str: "decision", "decision_long" (decision word + long answer) or "long"
-max_train = 96  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
-max_validation = 12  # int | None: subsample of validation rows; GPU: None
-max_test = 48  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
+max_train = 64  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
+max_validation = 8  # int | None: subsample of validation rows; GPU: None
+max_test = 30  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
 model = "bundled"  # str: model whose tokenizer counts tokens; GPU: the model you will train, e.g. "Meta-Llama-3.1-8B-Instruct"
 """),
     code(SETUP.format(data=", data_dir")),
@@ -107,17 +107,18 @@ model = "bundled"  # str: catalog name/UUID, HF repo id or folder; GPU: "Meta-Ll
 job_name = "pubmedqa-lora"  # str: the job's name (also its id: re-running it resumes)
 n_epochs = 1  # int 1..20: passes over the training rows; GPU: 3
 n_evals = 2  # int 0..100: evaluations spread over training; GPU: 6
-batch_size = 8  # int: effective batch (catalog models: 4..32 step 4); GPU: 8
+batch_size = 4  # int: effective batch (catalog models: 4..32 step 4); GPU: 8
 learning_rate = 0.0005  # float 1e-8..1e-2: peak learning rate; GPU (8B LoRA): 0.0001
 warmup_ratio = 0.1  # float 0..1: share of steps with linear warm-up
 mask_prompt_labels = True  # bool: train on answer tokens only
 lora_r = 8  # int 1..64: LoRA rank; GPU: 16
 lora_alpha = 16  # int 1..64: LoRA scaling (update x alpha/r); GPU: 32
 lora_dropout = 0.05  # float 0..<1: dropout on the LoRA branch
-max_seq_length = 384  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
+max_seq_length = 256  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
 micro_batch_size = None  # int | None: rows per forward pass, gradient accumulation keeps batch_size; GPU: None
 max_steps = None  # int | None: cap on optimizer steps for a quick run; GPU: None
-measure_estimate = True  # bool: time real training steps for the estimate (takes ~1 minute on a CPU)
+measure_estimate = True  # bool: time real training steps for the estimate
+estimate_steps = 1  # int: optimizer steps to time after one warm-up step; GPU: 3
 """),
     code(SETUP.format(data=", data_dir")),
     md("## Base models\nThe service's ten models with their API ids, plus the bundled CPU model. Any Hugging Face repo "
@@ -142,7 +143,7 @@ print(ftkit.cookbook.validation_messages({
 """),
     md("## Before launch: tokens, time, memory\nTokens are counted with the model's own tokenizer and chat template. "
        "The time is measured by running real training steps here, not guessed."),
-    code("ftkit.estimate(spec, measure=measure_estimate)", IGNORE),
+    code("ftkit.estimate(spec, measure=measure_estimate, steps=estimate_steps)", IGNORE),
     md("## Which tokens are trained\nGreen tokens contribute to the loss. With `mask_prompt_labels` the prompt is "
        "grey; the end-of-turn token after the answer is always trained, so the model learns to stop."),
     code("ftkit.cookbook.preview_example(spec)"),
