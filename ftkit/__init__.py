@@ -39,15 +39,35 @@ _export(".prepared", "PreparedDataset")
 _export(".datacheck", "check_dataset")
 _export(".datareport", "DatasetReport")
 _export(".tokencount", "count_chat_tokens")
-_export(".spec", "JobSpec", "DatasetSpec", "Hyperparameters", "LoraSpec", "LocalSettings", "DatasetFiles",
-        "load_job", "save_job", "fields_table", "JobSpecError", "JobSpecWarning", "SpecProblem")
+_export(
+    ".spec",
+    "JobSpec",
+    "DatasetSpec",
+    "Hyperparameters",
+    "LoraSpec",
+    "LocalSettings",
+    "DatasetFiles",
+    "load_job",
+    "save_job",
+    "fields_table",
+    "JobSpecError",
+    "JobSpecWarning",
+    "SpecProblem",
+)
 _export(".catalog", "ModelInfo", "resolve_model", "list_models", "catalog_table", "UnknownModelError")
 _export(".plots", "plot_metrics", "LivePlot")
 _export(".export", "export_job", "ExportError")
 _export(".archive", "load_exported", "extract_archive", "UnsafeArchiveError")
 _export(".hub", "push_to_hub", "HubError")
-_export(".evaluate", "evaluate", "compare", "score_against_truth", "majority_baseline", "read_eval_data",
-        "EvalDataError")
+_export(
+    ".evaluate",
+    "evaluate",
+    "compare",
+    "score_against_truth",
+    "majority_baseline",
+    "read_eval_data",
+    "EvalDataError",
+)
 _export(".metrics", "EvalResult", "plot_confusion", "classification_metrics")
 _export(".generate", "generate", "sample_answers")
 _export(".inference", "load_for_inference", "ModelRefError")

@@ -67,11 +67,15 @@ def ensure(quiet: bool = False) -> Path:
         if (target / _MARKER).is_file():  # another process converted it while we waited
             return target
         if not quiet:
-            print(f"ftkit: converting the bundled {NAME} GGUF to safetensors in {target} (once)...", flush=True)
+            print(
+                f"ftkit: converting the bundled {NAME} GGUF to safetensors in {target} (once)...", flush=True
+            )
         with atomic_dir(target) as tmp:
             _convert(src, tmp)
             (tmp / _MARKER).write_text(
-                json.dumps({"source": str(src), "source_bytes": src.stat().st_size, "hf_repo": HF_REPO}, indent=2)
+                json.dumps(
+                    {"source": str(src), "source_bytes": src.stat().st_size, "hf_repo": HF_REPO}, indent=2
+                )
             )
     return target
 

@@ -12,8 +12,17 @@ from . import jobs as jobstore
 from ._io import atomic_dir, write_json
 
 METRIC_FIELDS = (
-    "step", "epoch", "train_loss", "eval_loss", "perplexity", "learning_rate", "grad_norm",
-    "tokens_seen", "trained_tokens", "tokens_per_second", "elapsed",
+    "step",
+    "epoch",
+    "train_loss",
+    "eval_loss",
+    "perplexity",
+    "learning_rate",
+    "grad_norm",
+    "tokens_seen",
+    "trained_tokens",
+    "tokens_per_second",
+    "elapsed",
 )
 
 
@@ -26,8 +35,16 @@ def _finite(x) -> bool:
 
 
 class FtkitCallback(TrainerCallback):
-    def __init__(self, job, writer: bool, eval_steps: list[int], signals=None, on_record=None, tokenizer=None,
-                 keep_best: bool = True):
+    def __init__(
+        self,
+        job,
+        writer: bool,
+        eval_steps: list[int],
+        signals=None,
+        on_record=None,
+        tokenizer=None,
+        keep_best: bool = True,
+    ):
         self.job = job
         self.writer = writer
         self.eval_steps = set(eval_steps)
@@ -90,9 +107,12 @@ class FtkitCallback(TrainerCallback):
             return
         now = time.perf_counter()
         record = dict.fromkeys(METRIC_FIELDS)
-        record.update(step=state.global_step, epoch=round(state.epoch or 0.0, 4),
-                      tokens_seen=int(state.num_input_tokens_seen),
-                      elapsed=round(self.elapsed0 + now - self.t0, 3))
+        record.update(
+            step=state.global_step,
+            epoch=round(state.epoch or 0.0, 4),
+            tokens_seen=int(state.num_input_tokens_seen),
+            elapsed=round(self.elapsed0 + now - self.t0, 3),
+        )
         if "eval_loss" in logs:
             loss = logs["eval_loss"]
             record["eval_loss"] = loss
@@ -101,9 +121,12 @@ class FtkitCallback(TrainerCallback):
         elif "loss" in logs:
             self.trained += self._take_trained_tokens()
             dt = max(now - self.t_last, 1e-9)
-            record.update(train_loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                          grad_norm=logs.get("grad_norm"),
-                          tokens_per_second=round((state.num_input_tokens_seen - self.seen_last) / dt, 2))
+            record.update(
+                train_loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=round((state.num_input_tokens_seen - self.seen_last) / dt, 2),
+            )
             self.t_last, self.seen_last = now, state.num_input_tokens_seen
         else:
             return
@@ -145,4 +168,3 @@ class FtkitCallback(TrainerCallback):
             )
         if self.stop_reason is not None:
             raise TrainingStopped(self.stop_reason)
-

@@ -17,8 +17,9 @@ def _demo(args) -> int:
 def _notebooks_run(args) -> int:
     from .notebooks import parse_parameters, run_suite
 
-    run = run_suite(args.out, parse_parameters(args.p), only=args.only, data_dir=args.data_dir,
-                    progress=not args.quiet)
+    run = run_suite(
+        args.out, parse_parameters(args.p), only=args.only, data_dir=args.data_dir, progress=not args.quiet
+    )
     print(run)
     return 0
 
@@ -36,8 +37,13 @@ def _add_notebooks(sub) -> None:
     nbsub = nb.add_subparsers(dest="nb_verb", required=True, metavar="ACTION")
     r = nbsub.add_parser("run", help="execute the five notebooks in order into a run folder")
     r.add_argument("--out", default="out/cookbook", help="run folder (default: out/cookbook)")
-    r.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
-                   help="notebook parameter (repeatable); values read as YAML scalars")
+    r.add_argument(
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="notebook parameter (repeatable); values read as YAML scalars",
+    )
     r.add_argument("--only", default=None, help="comma-separated notebooks to run, e.g. 02,03")
     r.add_argument("--data-dir", default=None, help="use an already prepared PubMedQA folder")
     r.add_argument("--quiet", action="store_true")
@@ -120,8 +126,12 @@ def _cancel(args) -> int:
 def _add_training(sub) -> None:
     t = sub.add_parser("train", help="run or resume a fine-tuning job from a job file (JSON or YAML)")
     t.add_argument("job", help="job file (.json/.yaml)")
-    t.add_argument("--jobs-dir", default=None, help="where job folders live (default: local.output_dir, runs/)")
-    t.add_argument("--fresh", action="store_true", help="discard an existing job of the same name and start over")
+    t.add_argument(
+        "--jobs-dir", default=None, help="where job folders live (default: local.output_dir, runs/)"
+    )
+    t.add_argument(
+        "--fresh", action="store_true", help="discard an existing job of the same name and start over"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
@@ -263,15 +273,29 @@ def _generate(args) -> int:
 
 def _add_evaluation(sub) -> None:
     ref = "job id or folder, exported .tar.gz, or model (catalog name, 'bundled', HF repo id, local folder)"
-    e = sub.add_parser("evaluate", help="yes/no/maybe accuracy and macro-F1 of a job or model on a CSV; "
-                                        "writes official-format predictions")
+    e = sub.add_parser(
+        "evaluate",
+        help="yes/no/maybe accuracy and macro-F1 of a job or model on a CSV; "
+        "writes official-format predictions",
+    )
     e.add_argument("model", metavar="JOB|EXPORT|MODEL", help=ref)
-    e.add_argument("--data", default="data/pubmedqa/test.csv", help="CSV with prompt and final_decision/answer "
-                   "(default: data/pubmedqa/test.csv)")
-    e.add_argument("--out", default="predictions.json", help="predictions {pmid: decision} (default: "
-                   "predictions.json; metrics go beside it as .metrics.json)")
-    e.add_argument("--method", choices=["score", "generate"], default="score",
-                   help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer")
+    e.add_argument(
+        "--data",
+        default="data/pubmedqa/test.csv",
+        help="CSV with prompt and final_decision/answer (default: data/pubmedqa/test.csv)",
+    )
+    e.add_argument(
+        "--out",
+        default="predictions.json",
+        help="predictions {pmid: decision} (default: "
+        "predictions.json; metrics go beside it as .metrics.json)",
+    )
+    e.add_argument(
+        "--method",
+        choices=["score", "generate"],
+        default="score",
+        help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer",
+    )
     e.add_argument("--limit", type=int, default=None, help="only the first N rows")
     e.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")
     e.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
@@ -311,8 +335,9 @@ def _export(args) -> int:
     from .jobs import JobError
 
     try:
-        out = export_job(args.job, out=args.out, merged=args.merged, evaluation=args.evaluation,
-                         jobs_dir=args.jobs_dir)
+        out = export_job(
+            args.job, out=args.out, merged=args.merged, evaluation=args.evaluation, jobs_dir=args.jobs_dir
+        )
     except (ExportError, JobError, ValueError, OSError) as e:
         print(f"ftkit: {e}", file=sys.stderr)
         return 1
@@ -326,8 +351,15 @@ def _push(args) -> int:
     from .jobs import JobError
 
     try:
-        url = push_to_hub(args.job, repo_id=args.repo_id, token_env=args.token_env, private=not args.public,
-                          merged=args.merged, evaluation=args.evaluation, jobs_dir=args.jobs_dir)
+        url = push_to_hub(
+            args.job,
+            repo_id=args.repo_id,
+            token_env=args.token_env,
+            private=not args.public,
+            merged=args.merged,
+            evaluation=args.evaluation,
+            jobs_dir=args.jobs_dir,
+        )
     except (HubError, ExportError, JobError, ValueError, OSError) as e:
         print(f"ftkit: {e}", file=sys.stderr)
         return 1
@@ -342,12 +374,18 @@ def _add_export(sub) -> None:
     p.add_argument("--jobs-dir", default=None)
     p.set_defaults(func=_plot)
 
-    e = sub.add_parser("export", help="pack a completed job (adapter or merged model, tokenizer, job, "
-                                      "metrics, model card) into one .tar.gz")
+    e = sub.add_parser(
+        "export",
+        help="pack a completed job (adapter or merged model, tokenizer, job, "
+        "metrics, model card) into one .tar.gz",
+    )
     e.add_argument("job", help="job id or job folder")
     e.add_argument("--out", default=None, help="archive to write (default: <job id>[-merged].tar.gz)")
-    e.add_argument("--merged", action="store_true",
-                   help="merge the LoRA adapter into a full-precision copy of the base model")
+    e.add_argument(
+        "--merged",
+        action="store_true",
+        help="merge the LoRA adapter into a full-precision copy of the base model",
+    )
     e.add_argument("--evaluation", default=None, help="evaluation results to include (JSON file or folder)")
     e.add_argument("--jobs-dir", default=None)
     e.set_defaults(func=_export)
@@ -355,8 +393,11 @@ def _add_export(sub) -> None:
     h = sub.add_parser("push", help="upload a job's export (or an export archive) to a Hugging Face Hub repo")
     h.add_argument("job", help="job id, job folder or .tar.gz archive from `ftkit export`")
     h.add_argument("--repo-id", default=None, help="the model repo, user/name (created if missing)")
-    h.add_argument("--token-env", default=None,
-                   help="environment variable holding the token (default: HF_TOKEN or `hf auth login`)")
+    h.add_argument(
+        "--token-env",
+        default=None,
+        help="environment variable holding the token (default: HF_TOKEN or `hf auth login`)",
+    )
     h.add_argument("--merged", action="store_true", help="push the merged model instead of the adapter")
     h.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     h.add_argument("--evaluation", default=None, help="evaluation results to include (JSON file or folder)")

@@ -78,18 +78,34 @@ def build_job(
 
     p = paths(run_dir, data_dir)
     data = p.data
-    local = {"seed": seed, "max_seq_length": max_seq_length, "micro_batch_size": micro_batch_size,
-             "max_steps": max_steps, "max_train_rows": max_train_rows, "output_dir": str(p.jobs)}
+    local = {
+        "seed": seed,
+        "max_seq_length": max_seq_length,
+        "micro_batch_size": micro_batch_size,
+        "max_steps": max_steps,
+        "max_train_rows": max_train_rows,
+        "output_dir": str(p.jobs),
+    }
     body = {
         "name": name,
         "base_model_id": model,
         "dataset": {"id": str(data), "prompt_column": "prompt", "answer_column": "answer"},
         "hyperparameters": {
-            "n_epochs": n_epochs, "n_evals": n_evals, "batch_size": batch_size, "learning_rate": learning_rate,
-            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "best_checkpoints": best_checkpoints,
+            "n_epochs": n_epochs,
+            "n_evals": n_evals,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "warmup_ratio": warmup_ratio,
+            "weight_decay": weight_decay,
+            "best_checkpoints": best_checkpoints,
             "mask_prompt_labels": mask_prompt_labels,
-            "lora": {"enabled": lora_enabled, "r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout,
-                     "trainable_modules": list(trainable_modules or [])},
+            "lora": {
+                "enabled": lora_enabled,
+                "r": lora_r,
+                "alpha": lora_alpha,
+                "dropout": lora_dropout,
+                "trainable_modules": list(trainable_modules or []),
+            },
         },
         "local": {k: v for k, v in local.items() if v is not None},
     }
@@ -113,8 +129,8 @@ def preview_example(spec, row: int = 0):
     import pandas as pd
     from IPython.display import HTML
 
-    from .tokenview import render_trained_tokens
     from .modeling import load_tokenizer
+    from .tokenview import render_trained_tokens
 
     files = spec.dataset_files()
     df = pd.read_csv(files.train, dtype=str, keep_default_na=False)
@@ -136,7 +152,9 @@ def maybe_push(job, repo_id: str = "", token_env: str = "HF_TOKEN", merged: bool
     return f"pushed to {url}"
 
 
-def plot_token_lengths(data_dir: str | os.PathLike, model: str = "bundled", out: str | os.PathLike | None = None):
+def plot_token_lengths(
+    data_dir: str | os.PathLike, model: str = "bundled", out: str | os.PathLike | None = None
+):
     """Histogram of tokens per row (chat template applied, as training sees them) for each split of a dataset."""
     import matplotlib.pyplot as plt
     import pandas as pd

@@ -60,7 +60,9 @@ def split_chat_text(tokenizer, prompt: str | None, answer: str) -> tuple[str, st
     # answer-only rows, or templates whose generation prompt differs from the rendered assistant header
     at = full.rfind(answer) if answer else -1
     if at < 0:
-        raise ValueError("the chat template does not contain the answer text verbatim; cannot find where it starts")
+        raise ValueError(
+            "the chat template does not contain the answer text verbatim; cannot find where it starts"
+        )
     return full[:at], full[at:]
 
 
@@ -95,7 +97,9 @@ def encode_rows(
         if len(ids) > max_seq_length:
             out.truncated_rows.append(i)
             if prompt:
-                ids, labels = _shorten_prompt(tokenizer, prompt, answer, mask_prompt, max_seq_length, len(ids))
+                ids, labels = _shorten_prompt(
+                    tokenizer, prompt, answer, mask_prompt, max_seq_length, len(ids)
+                )
             if len(ids) > max_seq_length:
                 out.answer_cut_rows.append(i)
                 ids, labels = ids[:max_seq_length], labels[:max_seq_length]

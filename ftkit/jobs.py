@@ -147,7 +147,11 @@ def get_job(job_id: str, root: str | os.PathLike | None = None) -> Job:
         hint = difflib.get_close_matches(job_id, known, n=3)
         raise JobError(
             f"no job {job_id!r} in {jobs_dir(root)}"
-            + (f"; did you mean {', '.join(hint)}?" if hint else f"; jobs there: {', '.join(known) or 'none'}")
+            + (
+                f"; did you mean {', '.join(hint)}?"
+                if hint
+                else f"; jobs there: {', '.join(known) or 'none'}"
+            )
         )
     return job
 

@@ -110,8 +110,9 @@ def run_suite(
         target = run.run_dir / "notebooks" / f"{nb}.ipynb"
         if progress:
             print(f"ftkit: running {nb} ...", flush=True)
-        pm.execute_notebook(str(path), str(target), parameters=params, kernel_name=KERNEL, cwd=str(src),
-                            progress_bar=False)
+        pm.execute_notebook(
+            str(path), str(target), parameters=params, kernel_name=KERNEL, cwd=str(src), progress_bar=False
+        )
         run.executed.append(target)
     run.seconds = time.perf_counter() - t0
     return run
@@ -163,8 +164,10 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
     spec = yaml.safe_load(Path(grid_file).read_text()) or {}
     unknown = set(spec) - {"grid", "parameters"}
     if unknown or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
-        raise ValueError(f"{grid_file}: expected a mapping with 'grid' (parameter -> list of values) and optional "
-                         f"'parameters'; found keys {sorted(spec)}")
+        raise ValueError(
+            f"{grid_file}: expected a mapping with 'grid' (parameter -> list of values) and optional "
+            f"'parameters'; found keys {sorted(spec)}"
+        )
     fixed = spec.get("parameters") or {}
     keys = list(spec["grid"])
     values = [v if isinstance(v, list) else [v] for v in spec["grid"].values()]
@@ -176,15 +179,33 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
     for i, combo in enumerate(itertools.product(*values)):
         params = {**fixed, **dict(zip(keys, combo))}
         run_dir = out / f"run-{i:02d}"
-        cmd = [sys.executable, "-m", "ftkit", "notebooks", "run", "--out", str(run_dir), "--data-dir", str(data_dir),
-               "--only", ",".join(n[:2] for n in SWEEP_NOTEBOOKS), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ftkit",
+            "notebooks",
+            "run",
+            "--out",
+            str(run_dir),
+            "--data-dir",
+            str(data_dir),
+            "--only",
+            ",".join(n[:2] for n in SWEEP_NOTEBOOKS),
+            "--quiet",
+        ]
         cmd += [x for k, v in params.items() for x in ("-p", f"{k}={json.dumps(v)}")]
         if progress:
             print(f"ftkit: sweep run {i}: {dict(zip(keys, combo))}", flush=True)
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        row = {"run": run_dir.name, **dict(zip(keys, combo)), "status": "ok" if proc.returncode == 0 else "failed",
-               "wall_s": round(time.perf_counter() - t, 1), **_final(run_dir), "error": None}
+        row = {
+            "run": run_dir.name,
+            **dict(zip(keys, combo)),
+            "status": "ok" if proc.returncode == 0 else "failed",
+            "wall_s": round(time.perf_counter() - t, 1),
+            **_final(run_dir),
+            "error": None,
+        }
         if proc.returncode != 0:
             row["error"] = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1][:300]
             if progress:

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 
 from transformers import Trainer
@@ -68,7 +67,9 @@ def _fingerprint(spec_dict: dict, data: dict) -> dict:
     return {"spec": spec, "local": local, "data": {k: v and v["sha256"] for k, v in data.items()}}
 
 
-def _read_rows(path: Path, prompt_column: str | None, answer_column: str) -> tuple[list[str] | None, list[str]]:
+def _read_rows(
+    path: Path, prompt_column: str | None, answer_column: str
+) -> tuple[list[str] | None, list[str]]:
     import pandas as pd
 
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -144,7 +145,9 @@ def _open_job(spec, spec_dict: dict, data: dict, root, fresh: bool) -> tuple[job
     if (job.path / "job.json").is_file():
         rec = job.record
         if rec.get("status") == "running" and job.is_alive():
-            raise jobstore.JobError(f"job {job.id!r} is already running (pid {rec.get('pid')} on {rec.get('host')})")
+            raise jobstore.JobError(
+                f"job {job.id!r} is already running (pid {rec.get('pid')} on {rec.get('host')})"
+            )
         changed = _diff(rec.get("fingerprint"), fp)
         if fresh:
             shutil.rmtree(job.path)
@@ -177,8 +180,9 @@ def _open_job(spec, spec_dict: dict, data: dict, root, fresh: bool) -> tuple[job
     return job, last
 
 
-def train(spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, quiet: bool = False,
-          on_record=None) -> jobstore.Job:
+def train(
+    spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, quiet: bool = False, on_record=None
+) -> jobstore.Job:
     """Run (or resume) a fine-tuning job and return its :class:`~ftkit.jobs.Job`.
 
     ``spec`` is a :class:`~ftkit.spec.JobSpec`, a dict body or a path to a JSON/YAML job file. The job's id is its
@@ -279,25 +283,38 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
     hp = spec.hyperparameters
     log = job.log if writer else (lambda *a, **k: None)
     if writer:
-        job.update(status="running", started_at=job.record.get("started_at") or jobstore.now(),
-                   pid=os.getpid(), host=socket.gethostname(), world_size=world, error=None,
-                   versions=library_versions())
-        log(f"job {job.id}: {'resuming from ' + Path(resume).name if resume else 'starting'} "
-            f"({world} process{'es' if world > 1 else ''})")
+        job.update(
+            status="running",
+            started_at=job.record.get("started_at") or jobstore.now(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            world_size=world,
+            error=None,
+            versions=library_versions(),
+        )
+        log(
+            f"job {job.id}: {'resuming from ' + Path(resume).name if resume else 'starting'} "
+            f"({world} process{'es' if world > 1 else ''})"
+        )
 
     # --- setup: device, precision, model ---
     device = modeling.pick_device(local.device)
     precision = modeling.pick_precision(device, local.precision)
     log(f"device {device}; precision {precision.name} ({precision.reason})")
     load_dtype = precision.name if hp.lora.enabled else "fp32"  # full fine-tuning keeps fp32 master weights
-    model, tokenizer, info = modeling.load_model(spec.resolved_model(), device="cpu", dtype=load_dtype,
-                                                 trust_remote_code=local.trust_remote_code)
+    model, tokenizer, info = modeling.load_model(
+        spec.resolved_model(), device="cpu", dtype=load_dtype, trust_remote_code=local.trust_remote_code
+    )
     log(f"model {info.name} from {info.source}; {modeling.ensure_pad_token(tokenizer)}")
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask
     if hp.lora.enabled:
-        model = modeling.apply_lora(model, hp.lora.r, hp.lora.alpha, hp.lora.dropout, hp.lora.trainable_modules)
+        model = modeling.apply_lora(
+            model, hp.lora.r, hp.lora.alpha, hp.lora.dropout, hp.lora.trainable_modules
+        )
     trainable, total = modeling.count_parameters(model)
-    log(f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters")
+    log(
+        f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters"
+    )
 
     # --- data ---
     max_len = local.max_seq_length or min(info.context_length or 2048, 2048)
@@ -306,7 +323,9 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
         prompts = prompts[: local.max_train_rows] if prompts is not None else None
         answers = answers[: local.max_train_rows]
     if files.validation is not None:
-        v_prompts, v_answers = _read_rows(files.validation, spec.dataset.prompt_column, spec.dataset.answer_column)
+        v_prompts, v_answers = _read_rows(
+            files.validation, spec.dataset.prompt_column, spec.dataset.answer_column
+        )
     else:
         held = set(_holdout(len(answers), local.seed))
         v_answers = [a for i, a in enumerate(answers) if i in held]
@@ -322,8 +341,10 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
     # --- schedule ---
     micro = local.micro_batch_size or hp.batch_size
     if hp.batch_size % (micro * world):
-        raise ValueError(f"batch_size {hp.batch_size} is not a multiple of micro_batch_size {micro} x {world} "
-                         "process(es); choose a micro-batch that divides it")
+        raise ValueError(
+            f"batch_size {hp.batch_size} is not a multiple of micro_batch_size {micro} x {world} "
+            "process(es); choose a micro-batch that divides it"
+        )
     accum = hp.batch_size // (micro * world)
     batches_per_epoch = math.ceil(len(enc_train.examples) / (micro * world))
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
@@ -332,24 +353,37 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
         total_steps = min(total_steps, local.max_steps)
     evals = eval_schedule(total_steps, hp.n_evals, bool(enc_val.examples))
     batching = local.batching if local.batching != "auto" else auto_batching(model)
-    log(f"{total_steps} optimizer steps ({steps_per_epoch}/epoch x {hp.n_epochs}); effective batch "
+    log(
+        f"{total_steps} optimizer steps ({steps_per_epoch}/epoch x {hp.n_epochs}); effective batch "
         f"{hp.batch_size} = micro-batch {micro} x accumulation {accum} x {world} process(es); "
-        f"evaluations after steps {evals or 'none'}; batching {batching}; max_seq_length {max_len}")
+        f"evaluations after steps {evals or 'none'}; batching {batching}; max_seq_length {max_len}"
+    )
     if writer:
-        job.update(device=device, precision=precision.name, precision_reason=precision.reason, batching=batching,
-                   model={"name": info.name, "source": str(info.source), "kind": info.kind},
-                   parameters={"trainable": trainable, "total": total}, max_seq_length=max_len,
-                   rows={"train": len(enc_train.examples), "validation": len(enc_val.examples),
-                         "truncated_train": len(enc_train.truncated_rows),
-                         "truncated_validation": len(enc_val.truncated_rows)},
-                   progress={"step": 0, "max_steps": total_steps})
+        job.update(
+            device=device,
+            precision=precision.name,
+            precision_reason=precision.reason,
+            batching=batching,
+            model={"name": info.name, "source": str(info.source), "kind": info.kind},
+            parameters={"trainable": trainable, "total": total},
+            max_seq_length=max_len,
+            rows={
+                "train": len(enc_train.examples),
+                "validation": len(enc_val.examples),
+                "truncated_train": len(enc_train.truncated_rows),
+                "truncated_validation": len(enc_val.truncated_rows),
+            },
+            progress={"step": 0, "max_steps": total_steps},
+        )
 
     if resume and writer:
         import json
 
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
         dropped = jobstore.truncate_metrics(job.metrics_path, step)
-        log(f"resuming at step {step}; {dropped} metric record(s) logged after that checkpoint will be re-logged")
+        log(
+            f"resuming at step {step}; {dropped} metric record(s) logged after that checkpoint will be re-logged"
+        )
 
     args = TrainingArguments(
         output_dir=str(job.path / "checkpoints"),
@@ -380,11 +414,24 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
         **precision.trainer_flags,
     )
     collator = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
-    callback = FtkitCallback(job=job, writer=writer, eval_steps=evals, signals=sig, on_record=on_record,
-                             tokenizer=tokenizer, keep_best=hp.best_checkpoints)
-    trainer = _CountingTrainer(model=model, args=args, data_collator=collator, train_dataset=enc_train.examples,
-                               processing_class=tokenizer,
-                               eval_dataset=enc_val.examples or None, callbacks=[callback])
+    callback = FtkitCallback(
+        job=job,
+        writer=writer,
+        eval_steps=evals,
+        signals=sig,
+        on_record=on_record,
+        tokenizer=tokenizer,
+        keep_best=hp.best_checkpoints,
+    )
+    trainer = _CountingTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=enc_train.examples,
+        processing_class=tokenizer,
+        eval_dataset=enc_val.examples or None,
+        callbacks=[callback],
+    )
     callback.trainer = trainer
     trainer.train(resume_from_checkpoint=resume)
     callback.raise_if_stopped()
@@ -405,9 +452,13 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
                 tokenizer.save_pretrained(tmp)
             result = {"step": trainer.state.global_step, "eval_loss": callback.last_eval_loss}
             log(f"result: last checkpoint (step {result['step']})")
-        job.update(status="completed", finished_at=jobstore.now(), pid=None,
-                   result={"model_dir": "model", **result, "lora": hp.lora.enabled},
-                   progress={"step": trainer.state.global_step, "max_steps": total_steps})
+        job.update(
+            status="completed",
+            finished_at=jobstore.now(),
+            pid=None,
+            result={"model_dir": "model", **result, "lora": hp.lora.enabled},
+            progress={"step": trainer.state.global_step, "max_steps": total_steps},
+        )
         log(f"completed: {job.model_dir}")
     del trainer
     if torch.cuda.is_available():
@@ -425,4 +476,3 @@ class _CountingTrainer(Trainer):
         for b in batches:
             self.trained_tokens_pending += int((b["labels"][..., 1:] != -100).sum())
         return batches, n
-

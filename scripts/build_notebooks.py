@@ -35,15 +35,21 @@ def params(src: str):
 
 def write(name: str, cells: list) -> None:
     nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, NB_DIR / f"{name}.ipynb")
 
 
 SETUP = "import ftkit\n\npaths = ftkit.cookbook.paths(run_dir{data})\npaths"
 
-write("01_prepare_pubmedqa", [
-    md("""
+write(
+    "01_prepare_pubmedqa",
+    [
+        md("""
 # 1 · Prepare PubMedQA
 
 The service's PubMedQA cookbook started by turning PubMedQA into prompt/answer CSV files. This notebook does the same,
@@ -58,7 +64,7 @@ the long answer). Evaluation later reads the decision from the first answer toke
 On a CPU the defaults take a stratified subsample so the whole cookbook runs in minutes; set the `max_*` parameters to
 `None` for the full split. Next: [2 · Configure a job](02_configure_job.ipynb).
 """),
-    params("""
+        params("""
 run_dir = "../out/cookbook"  # str: folder shared by all five notebooks (data, job, runs, plots, eval, exports)
 data_dir = None  # str | None: where to write the CSVs; None means <run_dir>/data/pubmedqa
 source = None  # str | None: a local ori_pqal.json; None means ftkit cache, ../shared, then download (hash-checked)
@@ -70,25 +76,34 @@ max_validation = 8  # int | None: subsample of validation rows; GPU: None
 max_test = 30  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
 model = "bundled"  # str: model whose tokenizer counts tokens; GPU: the model you will train, e.g. "Meta-Llama-3.1-8B-Instruct"
 """),
-    code(SETUP.format(data=", data_dir")),
-    md("## The official split\nSame inputs and seed give byte-identical CSVs; the manifest records hashes and counts."),
-    code("""
+        code(SETUP.format(data=", data_dir")),
+        md(
+            "## The official split\nSame inputs and seed give byte-identical CSVs; the manifest records hashes and counts."
+        ),
+        code("""
 dataset = ftkit.prepare_pubmedqa(paths.data, source=source, seed=seed, n_validation=n_validation,
                                  answer_style=answer_style, max_train=max_train, max_validation=max_validation,
                                  max_test=max_test)
 dataset
 """),
-    md("## Dataset checks\nThe checks every CSV gets before training: structure, columns, empty answers, duplicates, "
-       "leakage between splits, and — with a tokenizer — rows longer than the model's context."),
-    code("report = ftkit.check_dataset(dataset.train, dataset.validation, tokenizer=model)\nreport"),
-    md("## Token lengths\nTokens per row after the model's chat template, as training sees them."),
-    code("ftkit.cookbook.plot_token_lengths(paths.data, model=model, out=paths.plots / 'token_lengths.png')"),
-    md("## A few rows"),
-    code("ftkit.cookbook.show_rows(dataset.train, n=3)"),
-])
+        md(
+            "## Dataset checks\nThe checks every CSV gets before training: structure, columns, empty answers, duplicates, "
+            "leakage between splits, and — with a tokenizer — rows longer than the model's context."
+        ),
+        code("report = ftkit.check_dataset(dataset.train, dataset.validation, tokenizer=model)\nreport"),
+        md("## Token lengths\nTokens per row after the model's chat template, as training sees them."),
+        code(
+            "ftkit.cookbook.plot_token_lengths(paths.data, model=model, out=paths.plots / 'token_lengths.png')"
+        ),
+        md("## A few rows"),
+        code("ftkit.cookbook.show_rows(dataset.train, n=3)"),
+    ],
+)
 
-write("02_configure_job", [
-    md("""
+write(
+    "02_configure_job",
+    [
+        md("""
 # 2 · Configure a fine-tuning job
 
 A job here is the service's job body — `name`, `base_model_id`, `dataset`, `hyperparameters` with the same field names,
@@ -100,7 +115,7 @@ like, estimates tokens, time and memory by timing real steps on this machine, sh
 trained, and saves `job.json`. Interactive users can use the form instead. Previous: [1 · Prepare](01_prepare_pubmedqa.ipynb) ·
 next: [3 · Train](03_train_local.ipynb).
 """),
-    params("""
+        params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
 data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 model = "bundled"  # str: catalog name/UUID, HF repo id or folder; GPU: "Meta-Llama-3.1-8B-Instruct"
@@ -120,12 +135,14 @@ max_steps = None  # int | None: cap on optimizer steps for a quick run; GPU: Non
 measure_estimate = True  # bool: time real training steps for the estimate
 estimate_steps = 1  # int: optimizer steps to time after one warm-up step; GPU: 3
 """),
-    code(SETUP.format(data=", data_dir")),
-    md("## Base models\nThe service's ten models with their API ids, plus the bundled CPU model. Any Hugging Face repo "
-       "id or local model folder works too."),
-    code("ftkit.catalog_table()"),
-    md("## The job"),
-    code("""
+        code(SETUP.format(data=", data_dir")),
+        md(
+            "## Base models\nThe service's ten models with their API ids, plus the bundled CPU model. Any Hugging Face repo "
+            "id or local model folder works too."
+        ),
+        code("ftkit.catalog_table()"),
+        md("## The job"),
+        code("""
 spec = ftkit.cookbook.build_job(run_dir, job_name, model=model, n_epochs=n_epochs, n_evals=n_evals,
                                 batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
                                 mask_prompt_labels=mask_prompt_labels, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -133,29 +150,40 @@ spec = ftkit.cookbook.build_job(run_dir, job_name, model=model, n_epochs=n_epoch
                                 micro_batch_size=micro_batch_size, max_steps=max_steps, data_dir=data_dir)
 ftkit.cookbook.show_json(spec.to_service_dict())
 """),
-    md("## What a bad job looks like\nEvery problem at once, each with its field path, value and what is allowed."),
-    code("""
+        md(
+            "## What a bad job looks like\nEvery problem at once, each with its field path, value and what is allowed."
+        ),
+        code("""
 print(ftkit.cookbook.validation_messages({
     "name": "bad", "base_model_id": "Meta-Llama-3.1-8B-Instrukt",
     "dataset": {"id": "missing.csv", "answer_column": "answer"},
     "hyperparameters": {"n_epochs": 0, "batch_size": 5, "learning_rate": 0.5, "lora": {"r": 128, "dropuot": 0.1}},
 }))
 """),
-    md("## Before launch: tokens, time, memory\nTokens are counted with the model's own tokenizer and chat template. "
-       "The time is measured by running real training steps here, not guessed."),
-    code("ftkit.estimate(spec, measure=measure_estimate, steps=estimate_steps)", IGNORE),
-    md("## Which tokens are trained\nGreen tokens contribute to the loss. With `mask_prompt_labels` the prompt is "
-       "grey; the end-of-turn token after the answer is always trained, so the model learns to stop."),
-    code("ftkit.cookbook.preview_example(spec)"),
-    md("## The form\nIn JupyterLab this form edits the same job, validates as you type, estimates, previews, and "
-       "saves. Under papermill it is not needed: the parameters above define the job."),
-    code("form = ftkit.JobForm(spec)\nform", ["nbval-skip"]),
-    md("## Save"),
-    code("ftkit.save_job(spec, paths.job_file)\nprint('saved', paths.job_file.name)"),
-])
+        md(
+            "## Before launch: tokens, time, memory\nTokens are counted with the model's own tokenizer and chat template. "
+            "The time is measured by running real training steps here, not guessed."
+        ),
+        code("ftkit.estimate(spec, measure=measure_estimate, steps=estimate_steps)", IGNORE),
+        md(
+            "## Which tokens are trained\nGreen tokens contribute to the loss. With `mask_prompt_labels` the prompt is "
+            "grey; the end-of-turn token after the answer is always trained, so the model learns to stop."
+        ),
+        code("ftkit.cookbook.preview_example(spec)"),
+        md(
+            "## The form\nIn JupyterLab this form edits the same job, validates as you type, estimates, previews, and "
+            "saves. Under papermill it is not needed: the parameters above define the job."
+        ),
+        code("form = ftkit.JobForm(spec)\nform", ["nbval-skip"]),
+        md("## Save"),
+        code("ftkit.save_job(spec, paths.job_file)\nprint('saved', paths.job_file.name)"),
+    ],
+)
 
-write("03_train_local", [
-    md("""
+write(
+    "03_train_local",
+    [
+        md("""
 # 3 · Train locally
 
 Runs the job from notebook 2 with the transformers `Trainer` and a peft LoRA adapter, on the GPU if there is one, else
@@ -163,46 +191,62 @@ on the CPU. The loss curve redraws in place as training goes; `metrics.jsonl` ge
 eval_loss, perplexity, learning rate, tokens, tokens/s). Interrupt the kernel to stop cleanly: a checkpoint is kept and
 running this notebook again resumes from it. Previous: [2 · Configure](02_configure_job.ipynb) · next: [4 · Plots](04_plot_metrics.ipynb).
 """),
-    params("""
+        params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
 data_dir = None  # str | None: unused here; accepted so sweeps can pass one value to every notebook
 fresh = False  # bool: True discards an earlier job of the same name instead of resuming it
 live_every = 2  # int: redraw the live plot every this many metric records
 """),
-    code(SETUP.format(data="")),
-    code("live = ftkit.LivePlot(every=live_every)\njob = ftkit.run_job(paths.job_file, fresh=fresh, on_record=live)",
-         IGNORE),
-    md("## Status and last metrics"),
-    code("ftkit.jobs_table(paths.jobs)[['id', 'name', 'status', 'model', 'step']]"),
-    code("ftkit.cookbook.last_metrics(job)", IGNORE),
-])
+        code(SETUP.format(data="")),
+        code(
+            "live = ftkit.LivePlot(every=live_every)\njob = ftkit.run_job(paths.job_file, fresh=fresh, on_record=live)",
+            IGNORE,
+        ),
+        md("## Status and last metrics"),
+        code("ftkit.jobs_table(paths.jobs)[['id', 'name', 'status', 'model', 'step']]"),
+        code("ftkit.cookbook.last_metrics(job)", IGNORE),
+    ],
+)
 
-write("04_plot_metrics", [
-    md("""
+write(
+    "04_plot_metrics",
+    [
+        md("""
 # 4 · Metric curves
 
 train_loss and eval_loss against optimizer steps (epochs on the top axis), perplexity and learning rate — for one job,
 and for several overlaid (labelled by job name) to compare runs. Previous: [3 · Train](03_train_local.ipynb) · next:
 [5 · Export and evaluate](05_export_and_evaluate.ipynb).
 """),
-    params("""
+        params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
 data_dir = None  # str | None: unused here (sweeps pass it to every notebook)
 jobs = None  # list[str] | None: job ids or folders to compare; None means every job in <run_dir>/runs
 """),
-    code(SETUP.format(data="")),
-    code("ftkit.cookbook.job_ids(paths.jobs, jobs)"),
-    md("## One job"),
-    code("ftkit.plot_metrics(ftkit.cookbook.job_ids(paths.jobs, jobs)[:1], jobs_dir=paths.jobs, "
-         "out=paths.plots / 'metrics.png')", IGNORE),
-    md("## Several jobs overlaid\nWith one job this is the same curve; after a sweep (`ftkit notebooks sweep`) or a "
-       "second run with another `job_name`, each job gets its own line."),
-    code("ftkit.plot_metrics(ftkit.cookbook.job_ids(paths.jobs, jobs), jobs_dir=paths.jobs, "
-         "out=paths.plots / 'compare.png')", IGNORE),
-])
+        code(SETUP.format(data="")),
+        code("ftkit.cookbook.job_ids(paths.jobs, jobs)"),
+        md("## One job"),
+        code(
+            "ftkit.plot_metrics(ftkit.cookbook.job_ids(paths.jobs, jobs)[:1], jobs_dir=paths.jobs, "
+            "out=paths.plots / 'metrics.png')",
+            IGNORE,
+        ),
+        md(
+            "## Several jobs overlaid\nWith one job this is the same curve; after a sweep (`ftkit notebooks sweep`) or a "
+            "second run with another `job_name`, each job gets its own line."
+        ),
+        code(
+            "ftkit.plot_metrics(ftkit.cookbook.job_ids(paths.jobs, jobs), jobs_dir=paths.jobs, "
+            "out=paths.plots / 'compare.png')",
+            IGNORE,
+        ),
+    ],
+)
 
-write("05_export_and_evaluate", [
-    md("""
+write(
+    "05_export_and_evaluate",
+    [
+        md("""
 # 5 · Evaluate, try, export
 
 Did fine-tuning make the model better at the task — not just lower the loss? This notebook scores the base model and
@@ -211,7 +255,7 @@ the tuned one on the same PubMedQA test rows (one forward pass per question: the
 a few answers, and exports the result as the service did: a `.tar.gz` with the adapter (or the merged model), tokenizer,
 job, metrics and a model card — optionally pushed to the Hugging Face Hub. Previous: [4 · Plots](04_plot_metrics.ipynb).
 """),
-    params("""
+        params("""
 run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
 data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 job_id = "pubmedqa-lora"  # str: the job to evaluate and export (notebook 2's job_name)
@@ -220,27 +264,40 @@ n_examples = 3  # int: test questions to answer with the tuned model
 export_merged = True  # bool: also export the LoRA merged into a full-precision copy of the base model
 hub_repo_id = ""  # str: "user/name" to push the adapter to the Hugging Face Hub (needs $HF_TOKEN); "" means skip
 """),
-    code(SETUP.format(data=", data_dir")),
-    code("job = ftkit.get_job(job_id, paths.jobs)\njob"),
-    md("## Base vs tuned on PubMedQA\nAccuracy and macro-F1 on the same rows; `collapsed` marks a model that gives one "
-       "answer to (nearly) everything."),
-    code("""
+        code(SETUP.format(data=", data_dir")),
+        code("job = ftkit.get_job(job_id, paths.jobs)\njob"),
+        md(
+            "## Base vs tuned on PubMedQA\nAccuracy and macro-F1 on the same rows; `collapsed` marks a model that gives one "
+            "answer to (nearly) everything."
+        ),
+        code(
+            """
 table = ftkit.compare({"base": job.record["spec"]["base_model_id"], "tuned": str(job.path)},
                       data=paths.data / "test.csv", out_dir=paths.eval, limit=eval_limit)
 table
-""", IGNORE),
-    code("table.shape, list(table.columns)"),
-    md("## Confusion matrix of the tuned model"),
-    code("ftkit.cookbook.plot_confusion(table, 'tuned', out=paths.plots / 'confusion.png')", IGNORE),
-    md("## Try it"),
-    code("ftkit.sample_answers(str(job.path), paths.data / 'test.csv', n=n_examples)", IGNORE),
-    md("## Export\nThe adapter archive is small; the merged archive holds a full model that loads without peft "
-       "(checked against base + adapter on a probe prompt before packing)."),
-    code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz')", IGNORE),
-    code("ftkit.cookbook.export_merged(job, paths.exports / 'merged.tar.gz', enabled=export_merged)", IGNORE),
-    code("sorted(p.name for p in paths.exports.glob('*.tar.gz'))"),
-    md("## Push to the Hugging Face Hub\nSkipped unless `hub_repo_id` is set and `$HF_TOKEN` holds a token. The token "
-       "is read from the environment and never written or shown."),
-    code("ftkit.cookbook.maybe_push(job, hub_repo_id)"),
-])
+""",
+            IGNORE,
+        ),
+        code("table.shape, list(table.columns)"),
+        md("## Confusion matrix of the tuned model"),
+        code("ftkit.cookbook.plot_confusion(table, 'tuned', out=paths.plots / 'confusion.png')", IGNORE),
+        md("## Try it"),
+        code("ftkit.sample_answers(str(job.path), paths.data / 'test.csv', n=n_examples)", IGNORE),
+        md(
+            "## Export\nThe adapter archive is small; the merged archive holds a full model that loads without peft "
+            "(checked against base + adapter on a probe prompt before packing)."
+        ),
+        code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz')", IGNORE),
+        code(
+            "ftkit.cookbook.export_merged(job, paths.exports / 'merged.tar.gz', enabled=export_merged)",
+            IGNORE,
+        ),
+        code("sorted(p.name for p in paths.exports.glob('*.tar.gz'))"),
+        md(
+            "## Push to the Hugging Face Hub\nSkipped unless `hub_repo_id` is set and `$HF_TOKEN` holds a token. The token "
+            "is read from the environment and never written or shown."
+        ),
+        code("ftkit.cookbook.maybe_push(job, hub_repo_id)"),
+    ],
+)
 print("wrote", ", ".join(sorted(p.name for p in NB_DIR.glob("*.ipynb"))))

@@ -35,8 +35,13 @@ def test_answer_only_rows(tok):
 
 
 def test_truncation_shortens_the_prompt_keeps_the_answer_and_is_reported(tok):
-    enc = encode_rows(tok, ["short", "Question? " + "long " * 400], ["yes", "no. Because."], max_seq_length=64,
-                      mask_prompt=True)
+    enc = encode_rows(
+        tok,
+        ["short", "Question? " + "long " * 400],
+        ["yes", "no. Because."],
+        max_seq_length=64,
+        mask_prompt=True,
+    )
     assert enc.truncated_rows == [1] and enc.answer_cut_rows == []
     ids, labels = enc.examples[1]["input_ids"], enc.examples[1]["labels"]
     assert len(ids) <= 64
@@ -55,7 +60,9 @@ def test_padding_free_batch_matches_one_by_one(tiny_model_dir, tok):
     """Examples packed into one row get exactly the logits they get alone: no attention across examples."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     model.config.use_cache = False
-    enc = encode_rows(tok, ["first question?", "a second, longer question here?"], ["yes", "no, not at all"], 128)
+    enc = encode_rows(
+        tok, ["first question?", "a second, longer question here?"], ["yes", "no, not at all"], 128
+    )
     batch = padding_free_collator()(enc.examples)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
     with torch.no_grad():

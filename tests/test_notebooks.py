@@ -16,8 +16,18 @@ import pytest
 from ftkit.notebooks import NOTEBOOKS, notebooks_dir, parse_parameters, run_suite, sweep
 
 # tiny settings: every notebook still runs every cell for real (data prep, training steps, evaluation, export)
-FAST = {"max_train": 16, "max_validation": 4, "max_test": 9, "max_steps": 2, "batch_size": 4,
-        "max_seq_length": 256, "measure_estimate": False, "export_merged": False, "n_examples": 1, "n_evals": 1}
+FAST = {
+    "max_train": 16,
+    "max_validation": 4,
+    "max_test": 9,
+    "max_steps": 2,
+    "batch_size": 4,
+    "max_seq_length": 256,
+    "measure_estimate": False,
+    "export_merged": False,
+    "n_examples": 1,
+    "n_evals": 1,
+}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -35,7 +45,13 @@ def test_notebook_structure(name):
 
 def test_parse_parameters_reads_yaml_scalars():
     assert parse_parameters(["a=1", "b=0.5", "c=true", "d=null", "e=text", "f=[1, 2]"]) == {
-        "a": 1, "b": 0.5, "c": True, "d": None, "e": "text", "f": [1, 2]}
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": None,
+        "e": "text",
+        "f": [1, 2],
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_parameters(["oops"])
 
@@ -61,7 +77,9 @@ def test_sweep_over_two_learning_rates(tmp_path, pqal_path, bundled_model_dir):
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "parameters:\n"
-        + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in {**FAST, "max_steps": 1, "source": str(pqal_path)}.items())
+        + "".join(
+            f"  {k}: {json.dumps(v)}\n" for k, v in {**FAST, "max_steps": 1, "source": str(pqal_path)}.items()
+        )
         + "grid:\n  learning_rate: [0.0001, 0.001]\n"
     )
     table = sweep(grid, out=tmp_path / "sweep", progress=False)

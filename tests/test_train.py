@@ -18,8 +18,18 @@ from ftkit import jobs as jobstore
 from ftkit.cli import main as cli
 from ftkit.train import eval_schedule, train
 
-FIELDS = {"step", "epoch", "train_loss", "eval_loss", "perplexity", "learning_rate", "tokens_seen",
-          "trained_tokens", "tokens_per_second", "elapsed"}
+FIELDS = {
+    "step",
+    "epoch",
+    "train_loss",
+    "eval_loss",
+    "perplexity",
+    "learning_rate",
+    "tokens_seen",
+    "trained_tokens",
+    "tokens_per_second",
+    "elapsed",
+}
 
 
 def write_csv(path: Path, n: int, start: int = 0) -> Path:
@@ -43,7 +53,12 @@ def make_spec(tmp_path: Path, model: Path, name="tiny", n_train=24, n_val=6, **h
         "name": name,
         "base_model_id": str(model),
         "dataset": {"id": str(data), "prompt_column": "prompt", "answer_column": "answer"},
-        "hyperparameters": {"batch_size": 4, "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8, **lora}, **hp},
+        "hyperparameters": {
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "lora": {"r": 4, "alpha": 8, **lora},
+            **hp,
+        },
         "local": {"output_dir": str(tmp_path / "runs"), "seed": 1, **local},
     }
 
@@ -62,7 +77,11 @@ def test_lora_job_completes_with_metrics_evals_and_adapter(tmp_path, tiny_model_
     assert rec["status"] == "completed" and rec["error"] is None
     assert rec["started_at"] and rec["finished_at"] and rec["versions"]["torch"]
     assert rec["data"]["train"]["sha256"] and rec["rows"] == {
-        "train": 24, "validation": 6, "truncated_train": 0, "truncated_validation": 0}
+        "train": 24,
+        "validation": 6,
+        "truncated_train": 0,
+        "truncated_validation": 0,
+    }
     rows = job.metrics()
     assert all(set(r) >= FIELDS for r in rows)
     train_rows = [r for r in rows if r["train_loss"] is not None]
@@ -110,7 +129,9 @@ def test_changed_data_is_refused(tmp_path, tiny_model_dir):
 
 def test_best_checkpoint_is_the_lowest_eval_loss(tmp_path, tiny_model_dir):
     # a learning rate this high makes later evaluations worse than the first on a random tiny model
-    spec = make_spec(tmp_path, tiny_model_dir, n_evals=4, n_epochs=2, best_checkpoints=True, learning_rate=1e-2)
+    spec = make_spec(
+        tmp_path, tiny_model_dir, n_evals=4, n_epochs=2, best_checkpoints=True, learning_rate=1e-2
+    )
     job = train(spec, quiet=True)
     evals = [r for r in job.metrics() if r["eval_loss"] is not None]
     best = min(evals, key=lambda r: r["eval_loss"])
@@ -154,8 +175,13 @@ def _train_process(tmp_path: Path, spec: dict, *extra: str) -> subprocess.Popen:
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ftkit", "train", str(job_file), "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftkit", "train", str(job_file), "--quiet", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for_steps(job_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -219,8 +245,14 @@ def test_kill9_mid_epoch_resumes(tmp_path, tiny_model_dir):
 
 def test_out_of_memory_fails_with_advice(tmp_path, tiny_model_dir):
     """A real allocation failure: the process gets an address-space limit and a batch whose logits cannot fit."""
-    spec = make_spec(tmp_path, tiny_model_dir, n_train=64, n_val=0, batch_size=32,
-                     local={"max_steps": 1, "max_seq_length": 2048})
+    spec = make_spec(
+        tmp_path,
+        tiny_model_dir,
+        n_train=64,
+        n_val=0,
+        batch_size=32,
+        local={"max_steps": 1, "max_seq_length": 2048},
+    )
     # long rows: 32 x ~2000 tokens x 49k vocab of fp32 logits is ~13 GB
     with open(tmp_path / "data" / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -246,21 +278,41 @@ def test_out_of_memory_fails_with_advice(tmp_path, tiny_model_dir):
 
 
 def test_two_process_ddp_run(tmp_path, tiny_model_dir):
-    spec = make_spec(tmp_path, tiny_model_dir, n_train=32, n_val=8, n_evals=2, batch_size=8,
-                     local={"micro_batch_size": 2})
+    spec = make_spec(
+        tmp_path, tiny_model_dir, n_train=32, n_val=8, n_evals=2, batch_size=8, local={"micro_batch_size": 2}
+    )
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(spec))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29531", "-m", "ftkit", "train",
-                          str(job_file), "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_port=29531",
+            "-m",
+            "ftkit",
+            "train",
+            str(job_file),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job = jobstore.get_job("tiny", tmp_path / "runs")
     rec = job.record
     assert rec["status"] == "completed" and rec["world_size"] == 2
     rows = job.metrics()
     train_rows = [r for r in rows if r["train_loss"] is not None]
-    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]  # 32 rows / effective batch 8: one writer, no duplicates
+    assert [r["step"] for r in train_rows] == [
+        1,
+        2,
+        3,
+        4,
+    ]  # 32 rows / effective batch 8: one writer, no duplicates
     assert all(math.isfinite(r["train_loss"]) for r in train_rows)
     assert len([r for r in rows if r["eval_loss"] is not None]) == 2
     assert (job.model_dir / "adapter_model.safetensors").is_file()
