@@ -58,6 +58,7 @@ def test_overlay_of_two_synthetic_jobs_has_one_line_per_job_in_each_panel(two_jo
 
     a, b = two_jobs
     out = tmp_path / "plots" / "compare.png"
+    open_before = plt.get_fignums()  # other tests may leave pyplot figures open
     fig = plot_metrics(["job-a", str(b)], out=out, jobs_dir=tmp_path / "runs")
     assert png_size(out) == (1200, 800)
     assert not list(out.parent.glob(".*.tmp"))  # written through a temp file that was renamed
@@ -78,7 +79,7 @@ def test_overlay_of_two_synthetic_jobs_has_one_line_per_job_in_each_panel(two_jo
     # deterministic text: names only, no addresses or timings; pyplot never holds the figure
     assert repr(fig) == "<ftkit metrics plot: alpha, beta>"
     assert fig._suptitle.get_text() == "Training metrics: alpha, beta"
-    assert plt.get_fignums() == []
+    assert plt.get_fignums() == open_before
     assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
