@@ -1,0 +1,465 @@
+"""Training throughput: ftkit vs TRL's SFTTrainer vs a plain Trainer recipe, each at its defaults.
+
+All three train LoRA (r 8, alpha 16, every linear layer) on the bundled SmolLM2-135M-Instruct with the same
+official-split PubMedQA training rows, learning rate, effective batch size, max length and one epoch (or
+--max-steps), then the same validation rows:
+
+- ftkit: ``ftkit.train.train`` with a job spec (mask_prompt_labels true, local.precision/batching "auto");
+- trl: ``SFTTrainer`` on prompt-completion conversational rows, only the shared settings set in SFTConfig;
+- plain: ``transformers.Trainer`` with pad-to-max-length collation and -100 on prompt and padding.
+
+Each run is a fresh process (runs alternated: ftkit, trl, plain, ftkit, ...). Tokens are counted the same way
+for all three from the actual training batches; every trained adapter is scored by one evaluation function.
+The run also measures this machine's fp32/bf16 matmul peak and reports the model FLOP/s each contender
+reached.
+
+    python benchmarks/train_throughput.py                                  # 256 rows, batch 8, 3 repeats
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --rows 16 --repeats 1 --max-steps 2 \\
+        --batch-size 4 --max-length 256 --out /tmp/tt                      # smoke test
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()  # a worker's wall time starts here, before torch is imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ALL = ("ftkit", "trl", "plain")  # the default contenders
+OPTIONAL = ("trl_fp32",)  # TRL with bf16=False, for CPUs where bf16 is emulated
+
+
+def machine() -> dict:
+    import torch
+
+    from ftkit.modeling import _cpu_name, cpu_supports_bf16
+
+    flags = ""
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "native_bf16": cpu_supports_bf16(),
+        "cpu_flags": [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags
+        ],
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("ftkit", "transformers", "peft", "trl", "accelerate", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype, device: str, reps: int = 5, budget_s: float = 3.0) -> float:
+    """Best GFLOP/s of ``F.linear`` on an (m x k) input and an (n x k) weight, as every ``nn.Linear`` runs.
+
+    Timed until ``reps`` runs or ``budget_s`` seconds (at least one run). The weight's layout matters on CPU:
+    here a bf16 ``a @ b`` with a row-major (k x n) ``b`` ran ~10x slower than the same product through
+    ``F.linear``. The warm-up is a small product of the same dtype (thread pool, kernel choice), so an
+    emulated dtype does not pay for a full-size warm-up.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    F.linear(
+        torch.randn(256, 256, dtype=dtype, device=device), torch.randn(256, 256, dtype=dtype, device=device)
+    )
+    x = torch.randn(m, k, dtype=dtype, device=device)
+    w = torch.randn(n, k, dtype=dtype, device=device)
+    if device == "cuda":
+        F.linear(x, w)
+    sync()
+    best, spent, i = float("inf"), 0.0, 0
+    while i < reps and (i == 0 or spent < budget_s):
+        t = time.perf_counter()
+        F.linear(x, w)
+        sync()
+        dt = time.perf_counter() - t
+        best, spent, i = min(best, dt), spent + dt, i + 1
+    return 2 * m * k * n / best / 1e9
+
+
+def measure_peaks(device: str, max_s: float = 10.0) -> dict:
+    """fp32 and bf16 matmul GFLOP/s, square (2048^3) and at the model's MLP shape (2048 tokens x 576 -> 1536).
+
+    Where a dtype is so slow (bf16 emulated on a CPU without AVX512-BF16/AMX) that one 2048^3 matmul would
+    take over ``max_s`` seconds, the square matmul is measured at the largest power-of-two size that fits
+    (``size``).
+    """
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        probe = matmul_gflops(512, 512, 512, dtype, device, reps=2, budget_s=1.0)
+        size = 2048
+        while size > 512 and 2 * size**3 / (probe * 1e9) > max_s:
+            size //= 2
+        out[name] = {
+            "square": round(matmul_gflops(size, size, size, dtype, device), 1),
+            "square_size": size,
+            "model_576x1536": round(matmul_gflops(2048, 576, 1536, dtype, device), 1),
+        }
+    return out
+
+
+def run_worker_process(name: str, cfg: dict, work: Path, repeat: int) -> dict:
+    result = work / f"{name}-{repeat}.json"
+    log = work / f"{name}-{repeat}.log"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--contender",
+        name,
+        "--config",
+        json.dumps(cfg),
+        "--result",
+        str(result),
+    ]
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    process_s = time.perf_counter() - t
+    if rc != 0 or not result.is_file():
+        tail = log.read_text(errors="replace")[-3000:]
+        print(f"{name} (repeat {repeat}) FAILED with exit code {rc}; log {log}:\n{tail}", flush=True)
+        return {"contender": name, "repeat": repeat, "error": f"exit code {rc}", "log_tail": tail}
+    res = json.loads(result.read_text())
+    res.update(repeat=repeat, process_s=process_s)
+    print(
+        f"{name} (repeat {repeat}): wall {res['wall_s']:.1f} s, train {res['train_s']:.1f} s, "
+        f"{res['steps']} steps, {res['real_tokens_per_s']:.0f} real tok/s, eval loss "
+        f"{res['common_eval']['eval_loss']:.4f}",
+        flush=True,
+    )
+    return res
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+METRICS = (
+    "wall_s",
+    "train_s",
+    "steps",
+    "trained_tokens",
+    "real_tokens",
+    "processed_tokens",
+    "trained_tokens_per_s",
+    "real_tokens_per_s",
+    "peak_rss_mb",
+    "cuda_peak_allocated_mb",
+    "own_eval_loss",
+    "common_eval_loss",
+    "model_gflops",
+)
+
+
+FACTS = (
+    "precision",
+    "batching",
+    "device",
+    "gradient_checkpointing",
+    "torch_threads",
+    "base_params",
+    "data_rows",
+)
+
+
+def summarize(runs: list[dict], contenders: list[str], peaks: dict) -> dict:
+    """Median, min and max of every metric per contender, model FLOP/s as a share of peak, ratios to TRL."""
+    out = {}
+    for name in contenders:
+        ok = [r for r in runs if r["contender"] == name and "error" not in r]
+        if not ok:
+            out[name] = {"error": "every run failed"}
+            continue
+        for r in ok:
+            r["common_eval_loss"] = r["common_eval"]["eval_loss"]
+            # LoRA: forward 2 x params, backward through the frozen weights 2 x params (no weight gradients);
+            # per real (non-pad) token; attention-score FLOPs are left out. Full fine-tuning would be 6 x.
+            r["model_gflops"] = 4 * r["base_params"] * r["real_tokens"] / r["train_s"] / 1e9
+        s = {m: _stats([r[m] for r in ok]) for m in METRICS if all(r.get(m) is not None for r in ok)}
+        s["facts"] = {k: ok[0].get(k) for k in FACTS}
+        peak = peaks.get(ok[0]["precision"])
+        if peak:
+            g = s["model_gflops"]["median"]
+            s["share_of_peak"] = {"square": g / peak["square"], "model_576x1536": g / peak["model_576x1536"]}
+        s["failed_runs"] = sum(1 for r in runs if r["contender"] == name and "error" in r)
+        out[name] = s
+    ref = out.get("trl")
+    if ref and "error" not in ref:
+        for s in out.values():
+            if "error" not in s:
+                s["ratio_to_trl"] = {
+                    m: s[m]["median"] / ref[m]["median"]
+                    for m in ("wall_s", "train_s", "real_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")
+                    if ref[m]["median"]
+                }
+    return out
+
+
+def _mm(s: dict, key: str, fmt: str) -> str:
+    """'median (min–max)' of one metric, or n/a where a contender did not report it."""
+    st = s.get(key)
+    if st is None:
+        return "n/a"
+    if st["n"] == 1 or st["min"] == st["max"]:
+        return format(st["median"], fmt)
+    return f"{format(st['median'], fmt)} ({format(st['min'], fmt)}–{format(st['max'], fmt)})"
+
+
+def _header(result: dict) -> list[str]:
+    m, st, d = result["machine"], result["settings"], result["data"]
+    gpu = f", GPU {m['cuda_device']}" if m["cuda_device"] else ""
+    cap = f" capped at {st['max_steps']} steps" if st["max_steps"] else ""
+    return [
+        f"# Training throughput: ftkit vs TRL SFTTrainer vs plain Trainer, {result['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads, OMP_NUM_THREADS="
+        f"{m['omp_num_threads']}, load average {m['load_average_at_start']} at start), CPU flags "
+        f"{', '.join(m['cpu_flags']) or 'none of note'}, native bf16 {m['native_bf16']}{gpu}; torch "
+        f"{m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        f"Job: bundled SmolLM2-135M-Instruct, LoRA r 8 / alpha 16 on all linear layers, {d['train_rows']} "
+        "PubMedQA "
+        f"training rows (official split), learning rate {st['lr']}, effective batch {st['batch_size']}, "
+        "max length "
+        f"{st['max_length']}, 1 epoch{cap}, {d['validation_rows']} validation rows, device {st['device']}. "
+        f"{st['repeats']} fresh-process run(s) per contender, alternated; median (min–max).",
+    ]
+
+
+def render(result: dict) -> str:
+    summary = result["summary"]
+    lines = _header(result) + [
+        "",
+        "| contender | precision | batching | grad. ckpt | steps | wall s | train s | trained tok/s | real "
+        "tok/s "
+        "| peak RSS MB | eval loss (same fn) | own eval loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        if "error" in s:
+            lines.append(f"| {name} | {s['error']} |" + " |" * 10)
+            continue
+        f = s["facts"]
+        lines.append(
+            f"| {name} | {f['precision']} | {f['batching']} | "
+            f"{'on' if f['gradient_checkpointing'] else 'off'} | "
+            f"{s['steps']['median']:.0f} | {_mm(s, 'wall_s', '.1f')} | {_mm(s, 'train_s', '.1f')} | "
+            f"{_mm(s, 'trained_tokens_per_s', '.1f')} | {_mm(s, 'real_tokens_per_s', '.1f')} | "
+            f"{_mm(s, 'peak_rss_mb', '.0f')} | {_mm(s, 'common_eval_loss', '.4f')} | "
+            f"{_mm(s, 'own_eval_loss', '.4f')} |"
+        )
+    lines += [
+        "",
+        "Wall = process start to the adapter saved (imports, model load, data preparation, training, the "
+        "trainer's own evaluation). Train = first optimizer step's start to the last one's end. Trained "
+        "tokens "
+        "= labels that are prediction targets after the shift; real = non-pad tokens; both counted from the "
+        "actual training batches, the same way for every contender. Eval loss (same fn) = mean "
+        "answer-token NLL "
+        "of every contender's saved adapter on the validation rows, encoded by one function (ftkit's "
+        "chat-template "
+        "encoding, prompt masked), fp32; own eval loss = the trainer's own evaluation (n/a or nan where its "
+        "truncation left a batch without any label).",
+        "",
+        "| contender | trained / real / processed tokens per run | rows as the contender trained them |",
+        "|---|---|---|",
+    ]
+    for name, s in summary.items():
+        if "error" not in s:
+            lines.append(
+                f"| {name} | {s['trained_tokens']['median']:.0f} / {s['real_tokens']['median']:.0f} / "
+                f"{s['processed_tokens']['median']:.0f} | {s['facts']['data_rows']} |"
+            )
+    if any("ratio_to_trl" in s for s in summary.values()):
+        lines += [
+            "",
+            "Ratios to TRL (medians; above 1 = more tokens/s, or more time/memory, than TRL):",
+            "",
+            "| contender | real tok/s | trained tok/s | train time | wall time | peak RSS |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, s in summary.items():
+            r = s.get("ratio_to_trl")
+            if r:
+                lines.append(
+                    f"| {name} | {r['real_tokens_per_s']:.2f}x | {r['trained_tokens_per_s']:.2f}x | "
+                    f"{r['train_s']:.2f}x | {r['wall_s']:.2f}x | {r['peak_rss_mb']:.2f}x |"
+                )
+    pk = result["peaks"]
+    sq32, sq16 = pk["fp32"]["square_size"], pk["bf16"]["square_size"]
+    lines += [
+        "",
+        "## Achieved FLOP/s against this machine's matmul peak",
+        "",
+        "| matmul | fp32 GFLOP/s | bf16 GFLOP/s |",
+        "|---|---|---|",
+        f"| square ({sq32}^3 fp32, {sq16}^3 bf16) | {pk['fp32']['square']} | {pk['bf16']['square']} |",
+        f"| 2048 x 576 x 1536 (the model's MLP shape) | {pk['fp32']['model_576x1536']} | "
+        f"{pk['bf16']['model_576x1536']} |",
+        "",
+        "Model FLOP/s = 4 x base parameters x real (non-pad) tokens / train time (LoRA: forward 2x, backward "
+        "through the frozen weights 2x; full fine-tuning would be 6x; attention scores and the "
+        "recomputation of "
+        "gradient checkpointing are not counted). Share = against the peak of the precision the contender "
+        "trained in.",
+        "",
+        "| contender | model GFLOP/s | share of square peak | share of model-shape peak |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        if "error" not in s:
+            sh = s.get("share_of_peak", {})
+            lines.append(
+                f"| {name} | {_mm(s, 'model_gflops', '.1f')} | {sh.get('square', float('nan')):.1%} | "
+                f"{sh.get('model_576x1536', float('nan')):.1%} |"
+            )
+    lines += ["", f"Untrained base model, same evaluation: eval loss {result['base_model_eval_loss']:.4f}."]
+    if result.get("trl_defaults"):
+        lines += ["", "## TRL settings in effect (SFTConfig defaults unless the job above sets them)", ""]
+        lines += [f"- `{k}`: {v!r}" for k, v in result["trl_defaults"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--rows", type=int, default=256, help="PubMedQA training rows (stratified, official split)"
+    )
+    p.add_argument("--eval-rows", type=int, default=32, help="validation rows")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="cap the optimizer steps (default: one full epoch)"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="effective batch size (one micro-batch)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--contenders",
+        default=",".join(ALL),
+        help=f"comma-separated, from {', '.join(ALL + OPTIONAL)} (trl_fp32 = TRL with bf16=False; default "
+        f"{','.join(ALL)})",
+    )
+    p.add_argument("--source", default=str(ROOT.parent / "shared" / "pubmedqa" / "ori_pqal.json"))
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--contender", help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.contender:
+        import _train_contenders
+
+        return _train_contenders.worker(args.contender, json.loads(args.config), Path(args.result), T_START)
+
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [c for c in contenders if c not in ALL + OPTIONAL]
+    if unknown:
+        p.error(f"--contenders: unknown {unknown}; choose from {', '.join(ALL + OPTIONAL)}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: torch cannot see a CUDA device on this machine")
+
+    from _train_contenders import common_eval
+
+    from ftkit._io import write_json, write_text
+    from ftkit.pubmedqa import prepare_pubmedqa
+
+    t_bench = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="ftkit-train-throughput-"))
+    data = prepare_pubmedqa(
+        work / "data",
+        source=args.source if Path(args.source).is_file() else None,
+        max_train=args.rows,
+        max_validation=args.eval_rows,
+        max_test=2,
+    )
+    cfg = {
+        "data": str(data.out),
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "max_steps": args.max_steps,
+        "device": args.device,
+    }
+    info = machine()
+    print(f"work folder {work}; machine {info['cpu']}, {info['torch_threads']} torch threads", flush=True)
+    peaks = measure_peaks(args.device)
+    print(f"matmul peaks (GFLOP/s): {peaks}", flush=True)
+    base_eval = common_eval(None, data.out, args.max_length, args.device)["eval_loss"]
+
+    runs = []
+    for r in range(args.repeats):
+        for name in contenders:  # alternated, so drift in machine load hits every contender alike
+            runs.append(run_worker_process(name, cfg, work, r))
+
+    summary = summarize(runs, contenders, peaks)
+    trl_defaults = next((r["trl_defaults"] for r in runs if r.get("trl_defaults")), None)
+    n_train = sum(data.counts["train"].values())
+    date = time.strftime("%Y-%m-%d")
+    result = {
+        "date": date,
+        "machine": info,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("contender", "config", "result")},
+        "data": {
+            "train_rows": n_train,
+            "validation_rows": sum(data.counts["validation"].values()),
+            "folder": str(data.out),
+        },
+        "peaks": peaks,
+        "base_model_eval_loss": base_eval,
+        "trl_defaults": trl_defaults,
+        "summary": summary,
+        "runs": runs,
+        "benchmark_s": time.perf_counter() - t_bench,
+    }
+    out = Path(args.out)
+    write_json(out / f"train_throughput-{date}.json", result)
+    md = render(result)
+    write_text(out / f"train_throughput-{date}.md", md)
+    print(md)
+    print(f"benchmark took {result['benchmark_s']:.0f} s; results in {out}", flush=True)
+    return 1 if any("error" in r for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
