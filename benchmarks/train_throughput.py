@@ -28,6 +28,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -157,6 +158,8 @@ def run_worker_process(name: str, cfg: dict, work: Path, repeat: int) -> dict:
         print(f"{name} (repeat {repeat}) FAILED with exit code {rc}; log {log}:\n{tail}", flush=True)
         return {"contender": name, "repeat": repeat, "error": f"exit code {rc}", "log_tail": tail}
     res = json.loads(result.read_text())
+    # the run's adapter and checkpoints are measured; keep its JSON and log, not ~150 MB per run
+    shutil.rmtree(work / f"{result.stem}-work", ignore_errors=True)
     res.update(repeat=repeat, process_s=process_s)
     print(
         f"{name} (repeat {repeat}): wall {res['wall_s']:.1f} s, train {res['train_s']:.1f} s, "
