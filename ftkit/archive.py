@@ -8,13 +8,12 @@ itself runs through the standard library's ``filter="data"`` as a second line of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ._io import atomic_dir, atomic_path
+from ._io import atomic_dir, atomic_path, sha256_file
 
 EXPORT_MANIFEST = "ftkit_export.json"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -28,12 +27,6 @@ def is_archive_path(path) -> bool:
     return str(path).endswith(ARCHIVE_SUFFIXES)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_archive(folder: str | os.PathLike, out: str | os.PathLike, compresslevel: int = 6) -> Path:

@@ -10,12 +10,12 @@ and seed give byte-identical files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 from pathlib import Path
 
+from ._io import sha256_file  # noqa: E402
 from .paths import cache_dir, shared_dir
 from .prepared import PreparedDataset, write_prepared
 
@@ -49,12 +49,6 @@ class ChecksumMismatch(ValueError):
     """A PubMedQA file does not have the pinned sha256."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_url(url: str | None = None) -> str:

@@ -7,7 +7,6 @@ record the final status). Every failure ends the job ``failed`` with a message t
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 from transformers import Trainer
 
 from . import jobs as jobstore
-from ._io import atomic_dir
+from ._io import atomic_dir, sha256_file
 from .callbacks import FtkitCallback, TrainingStopped
 from .encoding import encode_rows, padded_collator, padding_free_collator
 
@@ -27,12 +26,6 @@ def _rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def library_versions() -> dict:
