@@ -316,3 +316,46 @@ def test_two_process_ddp_run(tmp_path, tiny_model_dir):
     assert all(math.isfinite(r["train_loss"]) for r in train_rows)
     assert len([r for r in rows if r["eval_loss"] is not None]) == 2
     assert (job.model_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("batching", ["padded", "padding_free"])
+def test_loss_on_target_positions_only_matches_the_models_own_loss(tmp_path, tiny_model_dir, batching):
+    """The engine projects only positions with a target onto the vocabulary; loss and LoRA gradients must equal
+    the model's own full-logits loss, per batch (evaluation) and normalised over an accumulated batch (training)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from ftkit.encoding import encode_rows, padded_collator, padding_free_collator
+    from ftkit.modeling import apply_lora
+    from ftkit.train import _CountingTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), 4, 8, 0.0, None)
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # non-zero B so that LoRA A gets a gradient too
+            p.data.normal_(0, 0.02)
+    rows = encode_rows(tok, [f"question {i} " * (i + 1) for i in range(4)], ["yes", "no", "maybe", "no"], 64, True)
+    collate = padded_collator(tok) if batching == "padded" else padding_free_collator()
+    batch = collate(rows.examples)
+    n_targets = int((batch["labels"][..., 1:] != -100).sum())
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to=[])
+    trainer = _CountingTrainer(model=model, args=args)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    own = model(**batch).loss
+    own_grads = grads(own)
+    mean = trainer.compute_loss(model, dict(batch))
+    torch.testing.assert_close(mean, own, rtol=1e-5, atol=1e-6)
+    for name, g in grads(mean).items():
+        torch.testing.assert_close(g, own_grads[name], rtol=1e-4, atol=1e-7)
+    # accumulated: twice as many targets in the whole batch -> half the loss, as the model's own loss
+    summed = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(2 * n_targets))
+    torch.testing.assert_close(summed, own / 2, rtol=1e-5, atol=1e-6)
+    assert n_targets == rows.n_trained_tokens
+    _, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    assert out.logits.shape == (n_targets, len(tok))  # only the target positions were projected
