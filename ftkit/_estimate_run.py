@@ -36,7 +36,8 @@ class Memory:
     seq x micro_batch x hidden x (34 + 5 x heads x seq / hidden) bytes for 16-bit activations, doubled for
     fp32. It keeps the attention-score term, so it errs high where attention kernels do not store scores."""
     logits: int
-    """micro_batch x seq x vocab x 4 bytes x 2 (fp32 logits for the loss, and their gradient)."""
+    """micro_batch x seq x vocab x 4 bytes x 2 (fp32 logits for the loss, and their gradient): an upper bound, as
+    the engine projects only positions with a target (every position only when mask_prompt_labels is off)."""
     micro_batch: int
     seq: int
     """The longest row (tokens) the formula assumes: the longest encoded row, or max_seq_length."""
@@ -186,16 +187,16 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
     """Time ``steps`` optimizer steps after one warm-up step with the engine's model, collator and Trainer
     settings; returns the timing (extrapolated to ``schedule``) and the measured peak memory in bytes."""
     import torch
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainerCallback
 
     from . import modeling
     from .encoding import padded_collator, padding_free_collator
+    from .train import _CountingTrainer, auto_batching, trainer_arguments
 
     local, hp = spec.local_settings(), spec.hyperparameters
     device = modeling.pick_device(local.device)
     precision = modeling.pick_precision(device, local.precision)
     load_dtype = precision.name if hp.lora.enabled else "fp32"  # as ftkit.train: fp32 master weights
-    batching = local.batching if local.batching != "auto" else "padding_free"
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -211,6 +212,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
                 model, hp.lora.r, hp.lora.alpha, hp.lora.dropout, hp.lora.trainable_modules
             )
         load_seconds = time.perf_counter() - t0
+        batching = local.batching if local.batching != "auto" else auto_batching(model)
 
         marks: list[float] = []
         tokens: list[int] = []
@@ -224,33 +226,25 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
                     torch.cuda.synchronize()
                 marks.append(time.perf_counter())
 
-        class Counting(Trainer):
+        class Counting(_CountingTrainer):  # the engine's Trainer, so the timed steps are the engine's
             def get_batch_samples(self, epoch_iterator, num_batches, dev):
                 batches, n = super().get_batch_samples(epoch_iterator, num_batches, dev)
                 tokens.append(sum(_real_tokens(b) for b in batches))
                 return batches, n
 
         with tempfile.TemporaryDirectory(prefix="ftkit-estimate-") as tmp:
-            args = TrainingArguments(
-                output_dir=tmp,
-                per_device_train_batch_size=schedule.micro_batch,
-                per_device_eval_batch_size=schedule.micro_batch,
-                gradient_accumulation_steps=schedule.accumulation,
+            args = trainer_arguments(
+                tmp,
+                spec,
+                schedule.micro_batch,
+                schedule.accumulation,
+                device,
+                precision,
+                batching,
                 max_steps=steps + 1,
-                learning_rate=hp.learning_rate,
-                weight_decay=hp.weight_decay,
-                lr_scheduler_type="linear",
                 logging_strategy="no",
                 save_strategy="no",
-                eval_strategy="no",
-                report_to=[],
-                seed=local.seed,
-                use_cpu=device == "cpu",
                 disable_tqdm=True,
-                remove_unused_columns=False,
-                train_sampling_strategy="group_by_length" if batching == "padded" else "random",
-                torch_compile=local.torch_compile,
-                **precision.trainer_flags,
             )
             collator = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
             trainer = Counting(

@@ -104,6 +104,34 @@ def auto_batching(model) -> str:
     return "padding_free" if "flash" in impl else "padded"
 
 
+def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, precision, batching: str, **run):
+    """The TrainingArguments every ftkit training run uses (the engine and the estimate's timed steps), plus
+    ``run``: what differs between them (schedule length, logging, saving)."""
+    from transformers import TrainingArguments
+
+    hp, local = spec.hyperparameters, spec.local_settings()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        learning_rate=hp.learning_rate,
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="no",  # evaluations follow ftkit's own n_evals schedule (FtkitCallback)
+        prediction_loss_only=True,  # evaluation needs the loss only; keeping logits costs batch x length x vocab
+        report_to=[],
+        seed=local.seed,
+        use_cpu=device == "cpu",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if batching == "padded" else "random",
+        ddp_find_unused_parameters=False,
+        torch_compile=local.torch_compile,
+        **precision.trainer_flags,
+        **run,
+    )
+
+
 class _Signals:
     """First Ctrl-C / SIGTERM asks for a clean stop at the end of the step; a second Ctrl-C stops at once."""
 
@@ -269,7 +297,6 @@ def _failure_message(exc: BaseException, spec, local) -> str:
 
 def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) -> jobstore.Job:
     import torch
-    from transformers import TrainingArguments
 
     from . import modeling
 
@@ -378,34 +405,24 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
             f"resuming at step {step}; {dropped} metric record(s) logged after that checkpoint will be re-logged"
         )
 
-    args = TrainingArguments(
-        output_dir=str(job.path / "checkpoints"),
-        per_device_train_batch_size=micro,
-        per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=accum,
+    args = trainer_arguments(
+        job.path / "checkpoints",
+        spec,
+        micro,
+        accum,
+        device,
+        precision,
+        batching,
         num_train_epochs=hp.n_epochs,
         max_steps=local.max_steps or -1,
-        learning_rate=hp.learning_rate,
-        weight_decay=hp.weight_decay,
         warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
-        lr_scheduler_type="linear",
         logging_steps=local.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
         save_strategy="steps",
         save_steps=local.save_steps or max(1, math.ceil(total_steps / 10)),
         save_total_limit=2,
-        eval_strategy="no",  # evaluations follow ftkit's own n_evals schedule (FtkitCallback)
-        report_to=[],
-        seed=local.seed,
-        use_cpu=device == "cpu",
         disable_tqdm=quiet,
-        remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        prediction_loss_only=True,  # evaluation needs the loss only; keeping logits costs batch x length x vocab
-        train_sampling_strategy="group_by_length" if batching == "padded" else "random",
-        ddp_find_unused_parameters=False,
-        torch_compile=local.torch_compile,
-        **precision.trainer_flags,
     )
     collator = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
     callback = FtkitCallback(
