@@ -26,11 +26,29 @@ GROUPS = (
     ("attention", ("scaled_dot_product", "aten::_softmax", "aten::softmax", "flash_attention")),
     ("cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
     ("optimizer", ("Optimizer.step", "_fused_adam", "aten::_foreach", "adam")),
-    ("copy / layout", ("aten::copy_", "aten::contiguous", "aten::clone", "aten::cat", "aten::to", "aten::_to_copy")),
+    (
+        "copy / layout",
+        ("aten::copy_", "aten::contiguous", "aten::clone", "aten::cat", "aten::to", "aten::_to_copy"),
+    ),
     (
         "element-wise",
-        ("aten::mul", "aten::add", "aten::silu", "aten::pow", "aten::mean", "aten::rsqrt", "aten::neg", "aten::div",
-         "aten::sum", "aten::sub", "aten::where", "aten::fill_", "aten::zero_", "aten::embedding", "aten::index"),
+        (
+            "aten::mul",
+            "aten::add",
+            "aten::silu",
+            "aten::pow",
+            "aten::mean",
+            "aten::rsqrt",
+            "aten::neg",
+            "aten::div",
+            "aten::sum",
+            "aten::sub",
+            "aten::where",
+            "aten::fill_",
+            "aten::zero_",
+            "aten::embedding",
+            "aten::index",
+        ),
     ),
 )
 
@@ -55,12 +73,12 @@ def main() -> int:
 
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
+    from train_throughput import machine, measure_peaks
     from transformers import Trainer, TrainerCallback
 
     from ftkit._io import write_json, write_text
     from ftkit.pubmedqa import prepare_pubmedqa
     from ftkit.train import train
-    from train_throughput import machine, measure_peaks
 
     work = Path(tempfile.mkdtemp(prefix="ftkit-profile-"))
     data = prepare_pubmedqa(
@@ -140,12 +158,18 @@ def main() -> int:
         "profiled_steps": args.steps,
         "wall_s": wall,
         "profiled_cpu_s": total_us / 1e6,
-        "groups_s": {g: round(us / 1e6 * scale, 3) for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "groups_s": {
+            g: round(us / 1e6 * scale, 3) for g, us in sorted(groups.items(), key=lambda kv: -kv[1])
+        },
         "matmul_gflop": mm_flops / 1e9,
         "matmul_gflops_per_s": mm_flops / 1e9 / (mm_s * scale) if mm_s else None,
         "top_ops": [
-            {"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6 * scale, 3), "calls": e.count,
-             "gflop": round((e.flops or 0) / 1e9, 2)}
+            {
+                "op": e.key,
+                "self_s": round(e.self_cpu_time_total / 1e6 * scale, 3),
+                "calls": e.count,
+                "gflop": round((e.flops or 0) / 1e9, 2),
+            }
             for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
         ],
         "torch_threads": torch.get_num_threads(),

@@ -483,8 +483,8 @@ class _CountingTrainer(Trainer):
 
     With prompt masking most positions are prompt; the model's default loss still computes logits for all of them
     (a batch x length x vocabulary tensor, 49k wide for SmolLM2) and throws them away. Passing the target positions
-    as ``logits_to_keep`` skips that work: 35% less time per step on the bundled model (benchmarks/README.md), the
-    same loss to fp32 rounding (tests/test_train.py).
+    as ``logits_to_keep`` skips that work: forward + backward of the bundled model on 4 x 384 tokens with a
+    12-token answer took 10.1 s instead of 15.5 s here, for the same loss to fp32 rounding (tests/test_train.py).
     """
 
     trained_tokens_pending = 0
