@@ -190,7 +190,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
     from transformers import PrinterCallback, TrainerCallback
 
     from . import modeling
-    from .encoding import padded_collator, padding_free_collator
+    from .encoding import collator_for
     from .train import _CountingTrainer, auto_batching, trainer_arguments
 
     local, hp = spec.local_settings(), spec.hyperparameters
@@ -246,7 +246,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
                 save_strategy="no",
                 disable_tqdm=True,
             )
-            collator = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
+            collator = collator_for(batching, tokenizer)
             trainer = Counting(
                 model=model,
                 args=args,

@@ -140,3 +140,8 @@ def padding_free_collator():
     from transformers import DataCollatorWithFlattening
 
     return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+
+
+def collator_for(batching: str, tokenizer):
+    """The collator of a batching mode: "padding_free" or "padded"."""
+    return padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)

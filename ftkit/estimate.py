@@ -10,7 +10,6 @@ Nothing is invented: a part that cannot be computed (no tokenizer offline, no mo
 from __future__ import annotations
 
 import html
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -192,36 +191,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _rows(spec, files):
-    """(train prompts, train answers, validation prompts, validation answers, held out?) as ftkit.train reads
-    them: max_train_rows first, then the 1% hold-out when there is no validation file."""
-    from .train import _holdout, _read_rows
-
-    ds, local = spec.dataset, spec.local_settings()
-    prompts, answers = _read_rows(files.train, ds.prompt_column, ds.answer_column)
-    if local.max_train_rows:
-        prompts = prompts[: local.max_train_rows] if prompts is not None else None
-        answers = answers[: local.max_train_rows]
-    if files.validation is not None:
-        return (prompts, answers, *_read_rows(files.validation, ds.prompt_column, ds.answer_column), False)
-    held = set(_holdout(len(answers), local.seed))
-
-    def pick(xs, keep):
-        return None if xs is None else [x for i, x in enumerate(xs) if (i in held) == keep]
-
-    return pick(prompts, False), pick(answers, False), pick(prompts, True), pick(answers, True), True
-
-
 def _schedule(spec, n_train: int, n_val: int, held_out: bool) -> Schedule:
-    from .train import eval_schedule
+    from .train import eval_schedule, step_plan
 
-    hp, local = spec.hyperparameters, spec.local_settings()
-    micro = spec.micro_batch_size()
-    accum = hp.batch_size // micro
-    per_epoch = max(1, math.ceil(math.ceil(n_train / micro) / accum))
-    total = per_epoch * hp.n_epochs
-    capped = local.max_steps if local.max_steps and local.max_steps < total else None
-    total = capped or total
+    hp = spec.hyperparameters
+    micro, accum, per_epoch, total = step_plan(spec, n_train)
+    capped = total if total < per_epoch * hp.n_epochs else None
     return Schedule(
         train_rows=n_train,
         validation_rows=n_val,
@@ -256,7 +231,9 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
     hp, local = spec.hyperparameters, spec.local_settings()
     info = spec.resolved_model()
     files = spec.dataset_files()
-    prompts, answers, v_prompts, v_answers, held_out = _rows(spec, files)
+    from .train import job_rows
+
+    prompts, answers, v_prompts, v_answers, held_out = job_rows(spec, files)
     est = Estimate(
         job=spec.name,
         model=info.describe(),

@@ -19,7 +19,7 @@ from transformers import Trainer
 from . import jobs as jobstore
 from ._io import atomic_dir, sha256_file
 from .callbacks import FtkitCallback, TrainingStopped
-from .encoding import encode_rows, padded_collator, padding_free_collator
+from .encoding import collator_for, encode_rows
 
 
 def _rank() -> tuple[int, int]:
@@ -79,6 +79,40 @@ def _holdout(n: int, seed: int) -> list[int]:
 
     k = max(1, n // 100)
     return sorted(random.Random(seed).sample(range(n), k))
+
+
+def job_rows(spec, files):
+    """(train prompts, train answers, validation prompts, validation answers, held out?) of a job: max_train_rows
+    first, then the 1% hold-out when there is no validation file. Prompts are None without a prompt column."""
+    ds, local = spec.dataset, spec.local_settings()
+    prompts, answers = _read_rows(files.train, ds.prompt_column, ds.answer_column)
+    if local.max_train_rows:
+        prompts = prompts[: local.max_train_rows] if prompts is not None else None
+        answers = answers[: local.max_train_rows]
+    if files.validation is not None:
+        return (prompts, answers, *_read_rows(files.validation, ds.prompt_column, ds.answer_column), False)
+    held = set(_holdout(len(answers), local.seed))
+
+    def pick(xs, keep):
+        return None if xs is None else [x for i, x in enumerate(xs) if (i in held) == keep]
+
+    return pick(prompts, False), pick(answers, False), pick(prompts, True), pick(answers, True), True
+
+
+def step_plan(spec, n_train: int, world: int = 1) -> tuple[int, int, int, int]:
+    """(micro-batch, gradient accumulation, optimizer steps per epoch, total steps after local.max_steps) for
+    ``n_train`` rows over ``world`` processes."""
+    hp, local = spec.hyperparameters, spec.local_settings()
+    micro = spec.micro_batch_size()
+    if hp.batch_size % (micro * world):
+        raise ValueError(
+            f"batch_size {hp.batch_size} is not a multiple of micro_batch_size {micro} x {world} "
+            "process(es); choose a micro-batch that divides it"
+        )
+    accum = hp.batch_size // (micro * world)
+    per_epoch = max(1, math.ceil(math.ceil(n_train / (micro * world)) / accum))
+    total = per_epoch * hp.n_epochs
+    return micro, accum, per_epoch, min(total, local.max_steps) if local.max_steps else total
 
 
 def eval_schedule(total_steps: int, n_evals: int, has_validation: bool) -> list[int]:
@@ -338,39 +372,16 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
 
     # --- data ---
     max_len = local.max_seq_length or min(info.context_length or 2048, 2048)
-    prompts, answers = _read_rows(files.train, spec.dataset.prompt_column, spec.dataset.answer_column)
-    if local.max_train_rows:
-        prompts = prompts[: local.max_train_rows] if prompts is not None else None
-        answers = answers[: local.max_train_rows]
-    if files.validation is not None:
-        v_prompts, v_answers = _read_rows(
-            files.validation, spec.dataset.prompt_column, spec.dataset.answer_column
-        )
-    else:
-        held = set(_holdout(len(answers), local.seed))
-        v_answers = [a for i, a in enumerate(answers) if i in held]
-        v_prompts = None if prompts is None else [p for i, p in enumerate(prompts) if i in held]
-        answers = [a for i, a in enumerate(answers) if i not in held]
-        prompts = None if prompts is None else [p for i, p in enumerate(prompts) if i not in held]
-        log(f"no validation file: {len(held)} training row(s) (1%, at least one) held out for evaluation")
+    prompts, answers, v_prompts, v_answers, held_out = job_rows(spec, files)
+    if held_out:
+        log(f"no validation file: {len(v_answers)} training row(s) (1%, at least one) held out for evaluation")
     enc_train = encode_rows(tokenizer, prompts, answers, max_len, hp.mask_prompt_labels)
     enc_val = encode_rows(tokenizer, v_prompts, v_answers, max_len, hp.mask_prompt_labels)
     log(f"train: {enc_train.summary()}")
     log(f"validation: {enc_val.summary()}")
 
     # --- schedule ---
-    micro = local.micro_batch_size or hp.batch_size
-    if hp.batch_size % (micro * world):
-        raise ValueError(
-            f"batch_size {hp.batch_size} is not a multiple of micro_batch_size {micro} x {world} "
-            "process(es); choose a micro-batch that divides it"
-        )
-    accum = hp.batch_size // (micro * world)
-    batches_per_epoch = math.ceil(len(enc_train.examples) / (micro * world))
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
-    total_steps = steps_per_epoch * hp.n_epochs
-    if local.max_steps:
-        total_steps = min(total_steps, local.max_steps)
+    micro, accum, steps_per_epoch, total_steps = step_plan(spec, len(enc_train.examples), world)
     evals = eval_schedule(total_steps, hp.n_evals, bool(enc_val.examples))
     batching = local.batching if local.batching != "auto" else auto_batching(model)
     log(
@@ -424,7 +435,7 @@ def _run(spec, job, resume, writer, world, local, files, quiet, sig, on_record) 
         disable_tqdm=quiet,
         include_num_input_tokens_seen="non_padding",
     )
-    collator = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
+    collator = collator_for(batching, tokenizer)
     callback = FtkitCallback(
         job=job,
         writer=writer,
