@@ -23,9 +23,9 @@ setup: $(VENV)/.installed
 
 NBVAL := $(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
-# pytest (unit, engine, papermill suite and sweep), then nbval: re-execute every notebook from a clean run folder
-# and compare with the committed outputs.
-test: setup
+# ruff (lint and format), pytest (unit, layout, CLI, engine, papermill suite and sweep), then nbval: re-execute
+# every notebook from a clean run folder and compare with the committed outputs.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	rm -rf out/cookbook
 	$(NBVAL)
@@ -41,8 +41,11 @@ demo: setup
 bench: setup
 	$(PY) -m pip install -q -e ".[dev,bench]"
 
+LINTED := ftkit tests benchmarks scripts
+
 lint: setup
-	$(VENV)/bin/ruff check ftkit tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -92,7 +92,7 @@ def _lora_config():
 
 
 def run_ftkit(cfg: dict, work: Path):
-    from ftkit.train import train
+    from ftkit.train.engine import train
 
     spec = {
         "name": "bench-ftkit",
@@ -181,7 +181,7 @@ def run_trl(cfg: dict, work: Path, bf16: bool | None = None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ftkit import bundled
+    from ftkit.models import bundled
 
     def conv(path):
         prompts, answers = read_rows(path)
@@ -246,17 +246,13 @@ def _plain_dataset(tok, path: Path, max_length: int):
         user = [{"role": "user", "content": p}]
         full = tok.apply_chat_template(user + [{"role": "assistant", "content": a}], tokenize=False)
         head = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        enc = tok(
-            full, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=False
-        )
+        enc = tok(full, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=False)
         n_prompt = len(tok(head, add_special_tokens=False)["input_ids"])
         labels = [
             IGNORE if i < n_prompt or m == 0 else t
             for i, (t, m) in enumerate(zip(enc["input_ids"], enc["attention_mask"], strict=True))
         ]
-        rows.append(
-            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
-        )
+        rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
         cut += len(tok(full, add_special_tokens=False)["input_ids"]) > max_length
         empty += all(t == IGNORE for t in labels)
     return Dataset.from_list(rows), cut, empty
@@ -273,7 +269,7 @@ def run_plain(cfg: dict, work: Path):
         default_data_collator,
     )
 
-    from ftkit import bundled
+    from ftkit.models import bundled
 
     path = str(bundled.ensure())
     tok = AutoTokenizer.from_pretrained(path)
@@ -335,8 +331,8 @@ def common_eval(adapter_dir: Path, data_dir: Path, max_length: int, device: str)
     import torch
     from peft import PeftModel
 
-    from ftkit.encoding import encode_rows
-    from ftkit.modeling import load_model
+    from ftkit.data.encoding import encode_rows
+    from ftkit.models.loading import load_model
 
     model, tok, _ = load_model("bundled", device=device, dtype="fp32")
     if adapter_dir is not None:
@@ -350,9 +346,7 @@ def common_eval(adapter_dir: Path, data_dir: Path, max_length: int, device: str)
             ids = torch.tensor([e["input_ids"]], device=device)
             target = torch.tensor(e["labels"][1:], device=device)
             logits = model(input_ids=ids).logits[0, :-1].float()
-            nll += float(
-                torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
-            )
+            nll += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum"))
             n += int((target != IGNORE).sum())
     return {"eval_loss": nll / n, "rows": len(enc.examples), "tokens": n}
 
@@ -362,7 +356,7 @@ def base_params() -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ftkit import bundled
+    from ftkit.models import bundled
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(bundled.ensure()))
@@ -373,7 +367,7 @@ def worker(name: str, cfg: dict, result_path: Path, t_start: float) -> int:
     """Run one contender and write its measurements as JSON to ``result_path``."""
     import torch
 
-    from ftkit._io import write_json
+    from ftkit.files import write_json
 
     instrument()
     work = result_path.parent / f"{result_path.stem}-work"

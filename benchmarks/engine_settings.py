@@ -27,10 +27,10 @@ ROOT = HERE.parent
 def machine() -> dict:
     import torch
 
-    from ftkit.modeling import _cpu_name, cpu_supports_bf16
+    from ftkit.models.device import cpu_name, cpu_supports_bf16
 
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "native_bf16": cpu_supports_bf16(),
@@ -69,7 +69,7 @@ def run_one(data_dir: Path, batching: str, precision: str, args, work: Path) -> 
     wall = time.perf_counter() - t
     if out.returncode != 0:
         raise RuntimeError(out.stdout[-2000:] + out.stderr[-2000:])
-    from ftkit.jobs import get_job
+    from ftkit.job.store import get_job
 
     rows = [r for r in get_job(name, work / "runs").metrics() if r["train_loss"] is not None]
     # the first step pays one-off costs (allocation, kernel selection): measure steps 2..N
@@ -100,7 +100,7 @@ def main() -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
 
-    from ftkit.pubmedqa import prepare_pubmedqa
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
 
     work = Path(tempfile.mkdtemp(prefix="ftkit-bench-"))
     data = prepare_pubmedqa(work / "data", max_train=args.rows, max_validation=2, max_test=2)

@@ -35,10 +35,10 @@ def load_average() -> float | None:
 def machine(load_start: float | None) -> dict:
     import torch
 
-    from ftkit.modeling import _cpu_name
+    from ftkit.models.device import cpu_name
 
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -50,12 +50,12 @@ def machine(load_start: float | None) -> dict:
 
 def candidate_tokens(tok, labels) -> dict[str, list[int]]:
     """Each label's tokens as they start a training answer ("yes. ..."), cut where the label word ends."""
-    from ftkit.inference import ANSWER_PROBE, _aligned_prefix, encode_for_answer
+    from ftkit.results.inference import ANSWER_PROBE, aligned_prefix, encode_for_answer
 
     out = {}
     for label in labels:
         _, ans = encode_for_answer(tok, "?", ANSWER_PROBE.format(label=label))
-        k = _aligned_prefix(tok, ans, label)
+        k = aligned_prefix(tok, ans, label)
         out[label] = ans[:k] if k > 0 else tok(label, add_special_tokens=False)["input_ids"]
     return out
 
@@ -64,7 +64,7 @@ def loglik_scores(model, tok, ctx: list[list[int]], cands: dict[str, list[int]],
     """log P(candidate | context) per row and candidate: one forward per (row, candidate)."""
     import torch
 
-    from ftkit.inference import left_pad
+    from ftkit.results.inference import left_pad
 
     scores = [[0.0] * len(cands) for _ in ctx]
     with torch.inference_mode():
@@ -73,12 +73,8 @@ def loglik_scores(model, tok, ctx: list[list[int]], cands: dict[str, list[int]],
             for s in range(0, len(ctx), batch_size):
                 rows = [c + ids for c in ctx[s : s + batch_size]]
                 x, mask, pos = left_pad(rows, tok.pad_token_id, model.device)
-                logits = model(
-                    input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1
-                ).logits
-                logp = torch.log_softmax(
-                    logits[:, :-1].float(), -1
-                )  # positions predicting the candidate tokens
+                logits = model(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits
+                logp = torch.log_softmax(logits[:, :-1].float(), -1)  # positions predicting the candidate tokens
                 target = torch.tensor(ids, device=logp.device).expand(len(rows), n)
                 total = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1)
                 for r, v in enumerate(total.tolist()):
@@ -97,9 +93,15 @@ def main() -> int:
     args = p.parse_args()
     load_start = load_average()
 
-    from ftkit.evaluate import read_eval_data
-    from ftkit.inference import DECISIONS, contexts, label_token_ids, load_for_inference, next_token_logprobs
-    from ftkit.pubmedqa import prepare_pubmedqa
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+    from ftkit.results.evaluation import read_eval_data
+    from ftkit.results.inference import (
+        DECISIONS,
+        contexts,
+        label_token_ids,
+        load_for_inference,
+        next_token_logprobs,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = prepare_pubmedqa(

@@ -2,9 +2,9 @@
 
 Builds a Llama model with Llama-3-8B's shape (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate
 14336, vocab 128256) on the "meta" device, materialises it on the GPU in bf16 with a cheap random init (no
-download), wraps it with ftkit's LoRA (``ftkit.modeling.apply_lora``: r 8, alpha 16, every linear layer)
+download), wraps it with ftkit's LoRA (``ftkit.models.loading.apply_lora``: r 8, alpha 16, every linear layer)
 and runs optimizer steps the way ftkit's engine does: bf16 autocast, fused AdamW, gradient clipping at 1.0,
-batches of random token rows of realistic lengths packed by ``ftkit.encoding.padding_free_collator`` (or
+batches of random token rows of realistic lengths packed by ``ftkit.data.encoding.padding_free_collator`` (or
 padded, with --batching padded). Reports tokens/s, ``torch.cuda.max_memory_allocated`` and MFU against the
 GPU's bf16 dense peak (looked up by device name, or --peak-tflops) and against a bf16 matmul measured in the
 same run.
@@ -140,15 +140,12 @@ def main() -> int:
     p.add_argument(
         "--attn",
         default=None,
-        help="attention implementation (default: flash_attention_2 if the "
-        "flash_attn package is installed, else sdpa)",
+        help="attention implementation (default: flash_attention_2 if the flash_attn package is installed, else sdpa)",
     )
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument(
-        "--peak-tflops", type=float, default=None, help="the GPU's bf16 dense peak (default: by name)"
-    )
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 dense peak (default: by name)")
     p.add_argument("--device", default="cuda", help="cuda; cpu only checks the script with a tiny shape")
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--layers", type=int, default=32)
@@ -176,10 +173,10 @@ def main() -> int:
 
         args.attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
-    from ftkit._io import write_json, write_text
-    from ftkit.encoding import padding_free_collator
-    from ftkit.modeling import apply_lora, count_parameters
-    from ftkit.train import auto_batching
+    from ftkit.data.encoding import padding_free_collator
+    from ftkit.files import write_json, write_text
+    from ftkit.models.loading import apply_lora, count_parameters
+    from ftkit.train.plan import auto_batching
 
     dev = args.device
     torch.manual_seed(args.seed)
@@ -226,8 +223,7 @@ def main() -> int:
             trained.append(sum(1 for r in rows for x in r["labels"][1:] if x != -100))
             losses.append(float(loss))
         print(
-            f"step {step + 1}/{args.warmup + args.steps}: {time.perf_counter() - t:.3f} s, loss "
-            f"{float(loss):.3f}",
+            f"step {step + 1}/{args.warmup + args.steps}: {time.perf_counter() - t:.3f} s, loss {float(loss):.3f}",
             flush=True,
         )
 

@@ -1,7 +1,7 @@
 """Where ftkit's training time goes: torch.profiler over real optimizer steps of the engine.
 
-Runs ``ftkit.train.train`` on the bundled SmolLM2-135M-Instruct (LoRA r 8 / alpha 16, real official-split PubMedQA
-rows, the same job as train_throughput.py) and profiles steps 2..N+1 (step 1 is warm-up). Reports the time per
+Runs ``ftkit.train.engine.train`` on the bundled SmolLM2-135M-Instruct (LoRA r 8 / alpha 16, real official-split
+PubMedQA rows, the same job as train_throughput.py) and profiles steps 2..N+1 (step 1 is warm-up). Reports the time per
 operator group (matrix multiplies, attention, cross-entropy, element-wise, optimizer, ...), the GFLOP/s the matrix
 multiplies themselves reached (FLOPs counted by the profiler from their shapes) against this machine's ``F.linear``
 peak measured in the same run, and the top operators. Writes JSON + markdown to ``--out``.
@@ -76,9 +76,9 @@ def main() -> int:
     from train_throughput import machine, measure_peaks
     from transformers import Trainer, TrainerCallback
 
-    from ftkit._io import write_json, write_text
-    from ftkit.pubmedqa import prepare_pubmedqa
-    from ftkit.train import train
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+    from ftkit.files import write_json, write_text
+    from ftkit.train.engine import train
 
     work = Path(tempfile.mkdtemp(prefix="ftkit-profile-"))
     data = prepare_pubmedqa(
@@ -158,9 +158,7 @@ def main() -> int:
         "profiled_steps": args.steps,
         "wall_s": wall,
         "profiled_cpu_s": total_us / 1e6,
-        "groups_s": {
-            g: round(us / 1e6 * scale, 3) for g, us in sorted(groups.items(), key=lambda kv: -kv[1])
-        },
+        "groups_s": {g: round(us / 1e6 * scale, 3) for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
         "matmul_gflop": mm_flops / 1e9,
         "matmul_gflops_per_s": mm_flops / 1e9 / (mm_s * scale) if mm_s else None,
         "top_ops": [

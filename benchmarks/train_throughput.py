@@ -4,7 +4,7 @@ All three train LoRA (r 8, alpha 16, every linear layer) on the bundled SmolLM2-
 official-split PubMedQA training rows, learning rate, effective batch size, max length and one epoch (or
 --max-steps), then the same validation rows:
 
-- ftkit: ``ftkit.train.train`` with a job spec (mask_prompt_labels true, local.precision/batching "auto");
+- ftkit: ``ftkit.train.engine.train`` with a job spec (mask_prompt_labels true, local.precision/batching "auto");
 - trl: ``SFTTrainer`` on prompt-completion conversational rows, only the shared settings set in SFTConfig;
 - plain: ``transformers.Trainer`` with pad-to-max-length collation and -100 on prompt and padding.
 
@@ -44,7 +44,7 @@ OPTIONAL = ("trl_fp32",)  # TRL with bf16=False, for CPUs where bf16 is emulated
 def machine() -> dict:
     import torch
 
-    from ftkit.modeling import _cpu_name, cpu_supports_bf16
+    from ftkit.models.device import cpu_name, cpu_supports_bf16
 
     flags = ""
     try:
@@ -52,16 +52,14 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "native_bf16": cpu_supports_bf16(),
-        "cpu_flags": [
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags
-        ],
+        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags],
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "versions": _versions(),
@@ -95,9 +93,7 @@ def matmul_gflops(m: int, k: int, n: int, dtype, device: str, reps: int = 5, bud
         if device == "cuda":
             torch.cuda.synchronize()
 
-    F.linear(
-        torch.randn(256, 256, dtype=dtype, device=device), torch.randn(256, 256, dtype=dtype, device=device)
-    )
+    F.linear(torch.randn(256, 256, dtype=dtype, device=device), torch.randn(256, 256, dtype=dtype, device=device))
     x = torch.randn(m, k, dtype=dtype, device=device)
     w = torch.randn(n, k, dtype=dtype, device=device)
     if device == "cuda":
@@ -362,14 +358,10 @@ def render(result: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--rows", type=int, default=256, help="PubMedQA training rows (stratified, official split)"
-    )
+    p.add_argument("--rows", type=int, default=256, help="PubMedQA training rows (stratified, official split)")
     p.add_argument("--eval-rows", type=int, default=32, help="validation rows")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument(
-        "--max-steps", type=int, default=None, help="cap the optimizer steps (default: one full epoch)"
-    )
+    p.add_argument("--max-steps", type=int, default=None, help="cap the optimizer steps (default: one full epoch)")
     p.add_argument("--batch-size", type=int, default=8, help="effective batch size (one micro-batch)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -404,8 +396,8 @@ def main() -> int:
 
     from _train_contenders import common_eval
 
-    from ftkit._io import write_json, write_text
-    from ftkit.pubmedqa import prepare_pubmedqa
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+    from ftkit.files import write_json, write_text
 
     t_bench = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ftkit-train-throughput-"))

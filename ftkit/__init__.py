@@ -1,17 +1,32 @@
 """ftkit: fine-tune language models on your own GPU or CPU with the workflow of the Nscale fine-tuning service.
 
-Heavy libraries (torch, transformers) load only when a function that needs them is called, so ``import ftkit``
-and ``ftkit --help`` stay fast.
+The package reads as the pipeline, one subpackage per stage; a stage imports only the stages before it
+(``tests/test_layout.py`` enforces this):
+
+- ``ftkit.models``: the catalog, the bundled model, loading models, tokenizers and exported archives
+- ``ftkit.data``: CSV reading and checks, prepared datasets, encoding rows into tokens, PubMedQA
+- ``ftkit.job``: the job spec (the service's body), its checks and problems, job files, the job store
+- ``ftkit.train``: the step plan, the training engine, its Trainer and callback, the pre-launch estimate
+- ``ftkit.results``: inference, evaluation, scores, generation, metric plots
+- ``ftkit.export``: export archives, merged models, the model card, the Hub push
+- ``ftkit.cookbook``: what the notebooks call (helpers, the form, the token view, the notebook runner)
+- ``ftkit.cli``: the ``ftkit`` command
+
+Every public function is also reachable here (``ftkit.load_job``, ``ftkit.run_job``, ``ftkit.evaluate``, ...).
+They load on first use, so ``import ftkit`` stays fast and heavy libraries (torch, transformers) load only when a
+function that needs them is called.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ftkit.errors import FtkitError, UsageError
+from ftkit.version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {}
+_STAGES = ("models", "data", "job", "train", "results", "export", "cookbook", "cli")
 
 
 def _export(module: str, *names: str) -> None:
@@ -21,46 +36,42 @@ def _export(module: str, *names: str) -> None:
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _STAGES:
+        return importlib.import_module(f"ftkit.{name}")
     raise AttributeError(f"module 'ftkit' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted([*globals(), *_EXPORTS, *_STAGES])
 
 
-from . import cookbook  # noqa: E402,F401  (light at import time: notebooks call ftkit.cookbook.*)
-
-_export(".bundled", "BundledModelMissing")
-_export(".train", "run_job")
-_export(".jobs", "get_job", "list_jobs", "jobs_table", "cancel", "JobError")
-_export(".pubmedqa", "prepare_pubmedqa", "load_pqal", "load_test_truth")
-_export(".prepared", "PreparedDataset")
-_export(".datacheck", "check_dataset")
-_export(".datareport", "DatasetReport")
-_export(".tokencount", "count_chat_tokens")
+_export("ftkit.models.bundled", "BundledModelMissing")
+_export("ftkit.models.catalog", "ModelInfo", "resolve_model", "list_models", "catalog_table", "UnknownModelError")
+_export("ftkit.models.exported", "load_exported", "extract_archive", "UnsafeArchiveError")
+_export("ftkit.data.pubmedqa.prepare", "prepare_pubmedqa")
+_export("ftkit.data.pubmedqa.official", "load_pqal", "load_test_truth")
+_export("ftkit.data.prepared", "PreparedDataset")
+_export("ftkit.data.checks", "check_dataset")
+_export("ftkit.data.report", "DatasetReport")
+_export("ftkit.data.tokens", "count_chat_tokens")
 _export(
-    ".spec",
+    "ftkit.job.spec",
     "JobSpec",
     "DatasetSpec",
     "Hyperparameters",
     "LoraSpec",
     "LocalSettings",
-    "DatasetFiles",
     "load_job",
-    "save_job",
-    "fields_table",
-    "JobSpecError",
-    "JobSpecWarning",
-    "SpecProblem",
 )
-_export(".catalog", "ModelInfo", "resolve_model", "list_models", "catalog_table", "UnknownModelError")
-_export(".plots", "plot_metrics", "LivePlot")
-_export(".export", "export_job", "ExportError")
-_export(".archive", "load_exported", "extract_archive", "UnsafeArchiveError")
-_export(".hub", "push_to_hub", "HubError")
+_export("ftkit.job.datafiles", "DatasetFiles")
+_export("ftkit.job.save", "save_job", "fields_table")
+_export("ftkit.job.problems", "JobSpecError", "JobSpecWarning", "SpecProblem")
+_export("ftkit.job.store", "get_job", "list_jobs", "jobs_table", "cancel", "JobError")
+_export("ftkit.train.engine", "run_job")
+_export("ftkit.train.estimate", "estimate", "Estimate")
 _export(
-    ".evaluate",
+    "ftkit.results.evaluation",
     "evaluate",
     "compare",
     "score_against_truth",
@@ -68,9 +79,14 @@ _export(
     "read_eval_data",
     "EvalDataError",
 )
-_export(".metrics", "EvalResult", "plot_confusion", "classification_metrics")
-_export(".generate", "generate", "sample_answers")
-_export(".inference", "load_for_inference", "ModelRefError")
-_export(".estimate", "estimate", "Estimate")
-_export(".form", "JobForm")
-_export(".tokenview", "render_trained_tokens")
+_export("ftkit.results.scores", "EvalResult", "classification_metrics")
+_export("ftkit.results.figures", "plot_confusion")
+_export("ftkit.results.generation", "generate", "sample_answers")
+_export("ftkit.results.inference", "load_for_inference", "ModelRefError")
+_export("ftkit.results.plots", "plot_metrics", "LivePlot")
+_export("ftkit.export.stage", "export_job", "ExportError")
+_export("ftkit.export.hub", "push_to_hub", "HubError")
+_export("ftkit.cookbook.form", "JobForm")
+_export("ftkit.cookbook.tokenview", "render_trained_tokens")
+
+__all__ = ["FtkitError", "UsageError", "__version__", *_EXPORTS]

@@ -92,9 +92,7 @@ dataset
         ),
         code("report = ftkit.check_dataset(dataset.train, dataset.validation, tokenizer=model)\nreport"),
         md("## Token lengths\nTokens per row after the model's chat template, as training sees them."),
-        code(
-            "ftkit.cookbook.plot_token_lengths(paths.data, model=model, out=paths.plots / 'token_lengths.png')"
-        ),
+        code("ftkit.cookbook.plot_token_lengths(paths.data, model=model, out=paths.plots / 'token_lengths.png')"),
         md("## A few rows"),
         code("ftkit.cookbook.show_rows(dataset.train, n=3)"),
     ],
@@ -150,9 +148,7 @@ spec = ftkit.cookbook.build_job(run_dir, job_name, model=model, n_epochs=n_epoch
                                 micro_batch_size=micro_batch_size, max_steps=max_steps, data_dir=data_dir)
 ftkit.cookbook.show_json(spec.to_service_dict())
 """),
-        md(
-            "## What a bad job looks like\nEvery problem at once, each with its field path, value and what is allowed."
-        ),
+        md("## What a bad job looks like\nEvery problem at once, each with its field path, value and what is allowed."),
         code("""
 print(ftkit.cookbook.validation_messages({
     "name": "bad", "base_model_id": "Meta-Llama-3.1-8B-Instrukt",

@@ -28,7 +28,7 @@ def test_truth_path() -> Path:
 @pytest.fixture(scope="session")
 def bundled_model_dir() -> Path:
     """The bundled SmolLM2-135M-Instruct as a safetensors folder (converted once into the ftkit cache)."""
-    from ftkit import bundled
+    from ftkit.models import bundled
 
     return bundled.ensure(quiet=True)
 

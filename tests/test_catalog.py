@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from ftkit import bundled, catalog
-from ftkit.catalog import UnknownModelError, resolve_model
 from ftkit.cli import main
+from ftkit.models import bundled, catalog
+from ftkit.models.catalog import UnknownModelError, resolve_model
 from ftkit.paths import shared_dir
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -126,13 +126,9 @@ def test_local_folder_reads_its_config(tiny_model_dir):
 
 def test_local_folder_length_keys(tmp_path):
     (tmp_path / "gpt").mkdir()
-    (tmp_path / "gpt" / "config.json").write_text(
-        json.dumps({"n_positions": 1024, "torch_dtype": "bfloat16"})
-    )
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"n_positions": 1024, "torch_dtype": "bfloat16"}))
     (tmp_path / "vlm").mkdir()
-    (tmp_path / "vlm" / "config.json").write_text(
-        json.dumps({"text_config": {"max_position_embeddings": 4096}})
-    )
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 4096}}))
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "config.json").write_text("{}")
     gpt = resolve_model(str(tmp_path / "gpt"))

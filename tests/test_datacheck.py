@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.datacheck import check_dataset
-from ftkit.tokencount import count_chat_tokens
+from ftkit.data.checks import check_dataset
+from ftkit.data.tokens import count_chat_tokens
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -31,9 +31,7 @@ def test_clean_file_and_holdout_note(tmp_path):
     assert r.ok and r.issues == [] and r.rows == {"train": 250}
     assert any("holds out 1%" in n and "2 of 250" in n for n in r.notes)
     assert "Dataset check OK: 0 errors, 0 warnings" in str(r)
-    r = check_dataset(
-        write(tmp_path, "t.csv", GOOD), write(tmp_path, "v.csv", "prompt,answer\nWhat is 1000?,1000\n")
-    )
+    r = check_dataset(write(tmp_path, "t.csv", GOOD), write(tmp_path, "v.csv", "prompt,answer\nWhat is 1000?,1000\n"))
     assert r.ok and not any("holds out" in n for n in r.notes)
 
 
@@ -98,9 +96,7 @@ def test_missing_columns_suggest_names(tmp_path):
     r = check_dataset(write(tmp_path, "cols.csv", "Prompt,anwser\na,b\nc,d\n"))
     msgs = {i.column: i.message for i in r.issues if i.check == "missing_column"}
     assert "did you mean 'anwser'?" in msgs["answer"] and "did you mean 'Prompt'?" in msgs["prompt"]
-    assert all(
-        i.line == 1 and "'Prompt', 'anwser'" in i.allowed for i in r.issues if i.check == "missing_column"
-    )
+    assert all(i.line == 1 and "'Prompt', 'anwser'" in i.allowed for i in r.issues if i.check == "missing_column")
     r = check_dataset(write(tmp_path, "c2.csv", "question,response\na,b\nc,d\n"), prompt_column="question",
                       answer_column="response")  # fmt: skip
     assert r.ok
@@ -137,9 +133,7 @@ def test_length_skew(tmp_path):
         18,
         19,
     ) and "1 rows are over 10×" in skew.message
-    val = write(
-        tmp_path, "v.csv", "prompt,answer\n" + "".join(f"q{i}," + "long " * 100 + "\n" for i in range(5))
-    )
+    val = write(tmp_path, "v.csv", "prompt,answer\n" + "".join(f"q{i}," + "long " * 100 + "\n" for i in range(5)))
     r = check_dataset(write(tmp_path, "t2.csv", GOOD), val)
     assert [i.file for i in r.issues if i.check == "length_skew"] == [str(val)]
 
@@ -201,11 +195,9 @@ def independent_count(tok, prompt, answer):
 
 @pytest.fixture(scope="module")
 def pubmedqa_csv(tmp_path_factory, pqal_path):
-    from ftkit.pubmedqa import prepare_pubmedqa
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
 
-    return prepare_pubmedqa(
-        tmp_path_factory.mktemp("pq") / "d", source=pqal_path, max_train=60, max_validation=10
-    )
+    return prepare_pubmedqa(tmp_path_factory.mktemp("pq") / "d", source=pqal_path, max_train=60, max_validation=10)
 
 
 def test_token_stats_match_independent_count(tiny_model_dir, pubmedqa_csv):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftkit.encoding import IGNORE, encode_row, encode_rows, padded_collator, padding_free_collator
+from ftkit.data.encoding import IGNORE, encode_row, encode_rows, padded_collator, padding_free_collator
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,7 @@ def test_padding_free_batch_matches_one_by_one(tiny_model_dir, tok):
     """Examples packed into one row get exactly the logits they get alone: no attention across examples."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     model.config.use_cache = False
-    enc = encode_rows(
-        tok, ["first question?", "a second, longer question here?"], ["yes", "no, not at all"], 128
-    )
+    enc = encode_rows(tok, ["first question?", "a second, longer question here?"], ["yes", "no, not at all"], 128)
     batch = padding_free_collator()(enc.examples)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
     with torch.no_grad():

@@ -16,8 +16,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftkit import estimate
-from ftkit.pubmedqa import prepare_pubmedqa
-from ftkit.train import train
+from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+from ftkit.models.device import pick_precision
+from ftkit.train.engine import train
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -32,9 +33,7 @@ def independent_count(tokenizer, rows: list[dict]) -> tuple[list[int], int]:
     lengths, answer = [], 0
     for r in rows:
         user = [{"role": "user", "content": r["prompt"]}]
-        text = tokenizer.apply_chat_template(
-            user + [{"role": "assistant", "content": r["answer"]}], tokenize=False
-        )
+        text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": r["answer"]}], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids = ids[: len(ids) - ids[::-1].index(eos)]
         head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
@@ -87,7 +86,11 @@ def test_bundled_estimate_counts_tokens_as_training_does(pubmedqa_small, bundled
 
     m = est.memory
     assert m.parameters == 134_515_008 + m.trainable and m.trainable > 0  # SmolLM2-135M + LoRA
-    assert m.weights == 134_515_008 * 4 + m.trainable * 4 and m.optimizer == m.trainable * 8
+    # frozen weights in the precision the engine picks on this machine (bf16 where the CPU runs it natively and
+    # faster, else fp32); the trainable LoRA weights always in fp32
+    assert m.load_dtype == pick_precision("cpu").name
+    frozen = {"fp32": 4, "bf16": 2}[m.load_dtype]
+    assert m.weights == 134_515_008 * frozen + m.trainable * 4 and m.optimizer == m.trainable * 8
     assert m.seq == max(train_len + val_len) and m.micro_batch == 2 and m.available > 0
 
 
@@ -108,8 +111,9 @@ def test_bundled_estimate_times_real_training_steps(pubmedqa_small, bundled_mode
     assert all(0 < n <= 2 * max_len for n in t.step_tokens)
     assert est.schedule.total_steps == 16  # 16 rows / batch 2 x 2 epochs
     assert t.train_seconds > 0 and t.eval_seconds > 0 and est.seconds == t.train_seconds + t.eval_seconds
-    # the engine's own choice for this model (SDPA attention -> padded), not a separate guess
-    assert (t.device, t.precision, t.batching) == ("cpu", "fp32", "padded")
+    # the engine's own choices for this model and CPU (SDPA attention -> padded; bf16 only where the CPU runs it
+    # natively and faster), not a separate guess
+    assert (t.device, t.precision, t.batching) == ("cpu", pick_precision("cpu").name, "padded")
     assert est.memory.measured_peak > 0 and est.memory.seq == est.tokens.longest
 
     text = str(est)

@@ -10,11 +10,12 @@ import re
 import pytest
 
 from ftkit.cli import main as cli
-from ftkit.evaluate import EvalDataError, compare, evaluate, read_eval_data, score_against_truth
-from ftkit.generate import generate, sample_answers
-from ftkit.inference import ModelRefError, label_token_ids, load_for_inference, next_token_logprobs
-from ftkit.metrics import EvalResult, classification_metrics, plot_confusion
-from ftkit.pubmedqa import prepare_pubmedqa
+from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+from ftkit.results.evaluation import EvalDataError, compare, evaluate, read_eval_data, score_against_truth
+from ftkit.results.figures import plot_confusion
+from ftkit.results.generation import generate, sample_answers
+from ftkit.results.inference import ModelRefError, label_token_ids, load_for_inference, next_token_logprobs
+from ftkit.results.scores import EvalResult, classification_metrics
 
 LABELS = ("yes", "no", "maybe")
 
@@ -93,7 +94,7 @@ def test_evaluation_writes_official_predictions_and_correct_metrics(pqa, bundled
 def test_scoring_reads_the_token_training_teaches(pqa, bundled_result, bundled_loaded):
     import torch
 
-    from ftkit.encoding import encode_row
+    from ftkit.data.encoding import encode_row
 
     model, tok = bundled_loaded
     row = csv_rows(pqa.test)[0]
@@ -154,9 +155,7 @@ def test_metrics_follow_sklearn_conventions_and_flag_collapse():
     assert m2["macro_over"] == list(LABELS) and m2["macro_f1"] == pytest.approx(1 / 3)
 
     gold = ["yes"] * 6 + ["no"] * 3 + ["maybe"]
-    nine = EvalResult.build(
-        "m", "d", "score", LABELS, [str(i) for i in range(10)], gold, ["yes"] * 9 + ["no"]
-    )
+    nine = EvalResult.build("m", "d", "score", LABELS, [str(i) for i in range(10)], gold, ["yes"] * 9 + ["no"])
     eight = classification_metrics(gold, ["yes"] * 8 + ["no", "maybe"], LABELS)
     assert nine.collapsed == "yes" and eight["collapsed"] is None
     assert "WARNING: predictions collapsed: 'yes' is 90% of predictions" in str(nine)
@@ -249,7 +248,7 @@ def test_bad_evaluation_data_lists_every_problem(tmp_path):
 
 
 def _tiny_job(tmp_path, tiny_model_dir, pqa, name, lora=True):
-    from ftkit.train import train
+    from ftkit.train.engine import train
 
     spec = {
         "name": name,
@@ -268,8 +267,8 @@ def _tiny_job(tmp_path, tiny_model_dir, pqa, name, lora=True):
 def test_job_refs_load_the_trained_weights(tmp_path, tiny_model_dir, pqa):
     from peft import PeftModel
 
-    from ftkit.inference import contexts
-    from ftkit.modeling import load_model
+    from ftkit.models.loading import load_model
+    from ftkit.results.inference import contexts
 
     job = _tiny_job(tmp_path, tiny_model_dir, pqa, "tiny-lora")
     assert job.status == "completed" and job.record["result"]["lora"] is True
@@ -277,9 +276,7 @@ def test_job_refs_load_the_trained_weights(tmp_path, tiny_model_dir, pqa):
     base = evaluate(str(tiny_model_dir), pqa.test, None, limit=3, device="cpu")
     assert list(json.loads((tmp_path / "p.json").read_text())) == [r["pmid"] for r in csv_rows(pqa.test)[:3]]
     diff = max(
-        abs(a["logprobs"][c] - b["logprobs"][c])
-        for a, b in zip(tuned.rows, base.rows, strict=True)
-        for c in LABELS
+        abs(a["logprobs"][c] - b["logprobs"][c]) for a, b in zip(tuned.rows, base.rows, strict=True) for c in LABELS
     )
     assert diff > 1e-4  # the adapter changed the model
     # merged weights give what base + unmerged adapter gives
@@ -316,10 +313,7 @@ def test_job_refs_load_the_trained_weights(tmp_path, tiny_model_dir, pqa):
     assert full.record["result"]["lora"] is False
     r_full = evaluate(full.path, pqa.test, None, limit=3, device="cpu")
     assert (
-        max(
-            abs(a["logprobs"]["yes"] - b["logprobs"]["yes"])
-            for a, b in zip(r_full.rows, base.rows, strict=True)
-        )
+        max(abs(a["logprobs"]["yes"] - b["logprobs"]["yes"]) for a, b in zip(r_full.rows, base.rows, strict=True))
         > 1e-4
     )
 
@@ -338,15 +332,13 @@ def test_job_refs_load_the_trained_weights(tmp_path, tiny_model_dir, pqa):
 
 
 def test_exported_archive_ref(tmp_path, tiny_model_dir, pqa):
-    export = pytest.importorskip("ftkit.export")
+    export = pytest.importorskip("ftkit.export.stage")
     job = _tiny_job(tmp_path, tiny_model_dir, pqa, "tiny-export")
     archive = export.export_job(job, out=tmp_path / "tiny.tar.gz", quiet=True)
     from_job = evaluate(job.path, pqa.test, None, limit=2, device="cpu")
     from_archive = evaluate(archive, pqa.test, None, limit=2, device="cpu")
     for a, b in zip(from_job.rows, from_archive.rows, strict=True):
-        assert [a["logprobs"][c] for c in LABELS] == pytest.approx(
-            [b["logprobs"][c] for c in LABELS], abs=1e-4
-        )
+        assert [a["logprobs"][c] for c in LABELS] == pytest.approx([b["logprobs"][c] for c in LABELS], abs=1e-4)
     with pytest.raises(ModelRefError, match="does not exist"):
         load_for_inference(tmp_path / "missing.tar.gz")
 
@@ -362,10 +354,7 @@ def test_generate_method_counts_unparsed_answers(tmp_path, tiny_model_dir, pqa):
         device="cpu",
     )
     texts = [row["text"] for row in r.rows]
-    expected = [
-        (m.group(1).lower() if (m := re.search(r"\b(yes|no|maybe)\b", t, re.I)) else "unparsed")
-        for t in texts
-    ]
+    expected = [(m.group(1).lower() if (m := re.search(r"\b(yes|no|maybe)\b", t, re.I)) else "unparsed") for t in texts]
     assert list(json.loads((tmp_path / "g.json").read_text()).values()) == expected
     assert r.unparsed == expected.count("unparsed")
     assert sum(r.shares.values()) == pytest.approx(1.0)
@@ -402,10 +391,7 @@ def test_sample_answers_and_generate_cli(tiny_model_dir, pqa, capsys):
 
 
 def test_cli_errors_name_the_problem(tmp_path, pqa, capsys):
-    assert (
-        cli(["evaluate", "no-such-model-xyz", "--data", str(pqa.test), "--out", str(tmp_path / "p.json")])
-        == 1
-    )
+    assert cli(["evaluate", "no-such-model-xyz", "--data", str(pqa.test), "--out", str(tmp_path / "p.json")]) == 1
     assert "not a job folder, an export archive" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("pmid,prompt,final_decision\n1,Q?,perhaps\n")
@@ -416,8 +402,8 @@ def test_cli_errors_name_the_problem(tmp_path, pqa, capsys):
 
 
 def test_package_exports_stay_callable_after_module_import():
-    import ftkit.evaluate  # noqa: F401  (binds the module as ftkit.evaluate)
-    import ftkit.generate  # noqa: F401
+    import ftkit.results.evaluation  # noqa: F401  (modules of the same name as the functions once shadowed them)
+    import ftkit.results.generation  # noqa: F401
 
     assert callable(ftkit.evaluate) and callable(ftkit.generate)
     assert ftkit.EvalResult is EvalResult

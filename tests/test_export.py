@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.archive import UnsafeArchiveError, extract_archive, load_exported
 from ftkit.cli import main as cli
-from ftkit.export import ExportError, export_job, probe_logits
-from ftkit.hub import HubError, push_to_hub
+from ftkit.export.hub import HubError, push_to_hub
+from ftkit.export.merge import probe_logits
+from ftkit.export.stage import ExportError, export_job
+from ftkit.models.exported import UnsafeArchiveError, extract_archive, load_exported
 
 SECRET = "hf_TESTtokenThatMustNeverLeak0123456789"
 
@@ -36,8 +37,13 @@ def spec_for(tmp: Path, model: str, data: Path, name: str, **hp) -> dict:
         "name": name,
         "base_model_id": model,
         "dataset": {"id": str(data), "prompt_column": "prompt", "answer_column": "answer"},
-        "hyperparameters": {"batch_size": 2, "learning_rate": 1e-3, "n_evals": 1,
-                            "lora": {"r": 4, "alpha": 8}, **hp},
+        "hyperparameters": {
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "n_evals": 1,
+            "lora": {"r": 4, "alpha": 8},
+            **hp,
+        },
         "local": {"output_dir": str(tmp / "runs"), "seed": 1, **local},
     }
 
@@ -47,7 +53,7 @@ def adapter_logits(base_ref: str, adapter_dir: Path):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from ftkit.modeling import load_model
+    from ftkit.models.loading import load_model
 
     base, _, _ = load_model(base_ref, dtype="fp32")
     tok = AutoTokenizer.from_pretrained(adapter_dir)
@@ -70,13 +76,12 @@ def read_member(archive: Path, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def bundled_job(tmp_path_factory, pqal_path):
-    from ftkit.pubmedqa import prepare_pubmedqa
-    from ftkit.train import train
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+    from ftkit.train.engine import train
 
     tmp = tmp_path_factory.mktemp("export-bundled")
     ds = prepare_pubmedqa(tmp / "pubmedqa", source=pqal_path, max_train=8, max_validation=4, max_test=4)
-    spec = spec_for(tmp, "bundled", ds.out, "pubmedqa-export",
-                    local={"max_steps": 1, "max_seq_length": 128})
+    spec = spec_for(tmp, "bundled", ds.out, "pubmedqa-export", local={"max_steps": 1, "max_seq_length": 128})
     return train(spec, quiet=True), ds
 
 
@@ -89,10 +94,21 @@ def test_adapter_archive_round_trip_on_the_bundled_model(bundled_job, tmp_path, 
     out = export_job(job, out=tmp_path / "exports" / "adapter.tar.gz")
     assert out.is_file() and not [p for p in out.parent.iterdir() if p != out]  # no temp leftovers
     names = set(members(out))
-    assert names == {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
-                     "tokenizer_config.json", "chat_template.jinja", "job.json", "metrics.jsonl",
-                     "metrics.csv", "data_manifest.json", "dataset_manifest.json", "versions.json",
-                     "README.md", "ftkit_export.json"}
+    assert names == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "job.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "data_manifest.json",
+        "dataset_manifest.json",
+        "versions.json",
+        "README.md",
+        "ftkit_export.json",
+    }
     assert all(m.isfile() and not m.name.startswith("/") for m in members(out).values())
 
     monkeypatch.setenv("FTKIT_CACHE", str(tmp_path / "cache"))
@@ -113,8 +129,7 @@ def test_adapter_archive_round_trip_on_the_bundled_model(bundled_job, tmp_path, 
     assert data["files"]["train"]["rows_used"] == 8 and data["files"]["validation"]["rows_used"] == 4
     assert json.loads(read_member(out, "dataset_manifest.json")) == ds.manifest
     metrics_csv = read_member(out, "metrics.csv").splitlines()
-    assert metrics_csv[0].startswith("step,epoch,train_loss,eval_loss") and len(metrics_csv) == 1 + len(
-        job.metrics())
+    assert metrics_csv[0].startswith("step,epoch,train_loss,eval_loss") and len(metrics_csv) == 1 + len(job.metrics())
     assert json.loads(read_member(out, "versions.json"))["training"]["transformers"]
     cfg = json.loads(read_member(out, "adapter_config.json"))
     assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -123,11 +138,19 @@ def test_adapter_archive_round_trip_on_the_bundled_model(bundled_job, tmp_path, 
 
     card = read_member(out, "README.md")
     eval_loss = job.record["result"]["eval_loss"]
-    for text in ("base_model: HuggingFaceTB/SmolLM2-135M-Instruct", "library_name: peft",
-                 "SmolLM2-135M-Instruct",
-                 "| learning_rate | 0.001 |", "| batch_size | 2 |", "| lora.r | 4 |", "| lora.alpha | 8 |",
-                 "| local.max_steps | 1 |", f"| final eval loss | {eval_loss:.4g} |",
-                 data["files"]["train"]["sha256"], "PubMedQA"):
+    for text in (
+        "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",
+        "library_name: peft",
+        "SmolLM2-135M-Instruct",
+        "| learning_rate | 0.001 |",
+        "| batch_size | 2 |",
+        "| lora.r | 4 |",
+        "| lora.alpha | 8 |",
+        "| local.max_steps | 1 |",
+        f"| final eval loss | {eval_loss:.4g} |",
+        data["files"]["train"]["sha256"],
+        "PubMedQA",
+    ):
         assert text in card, text
 
 
@@ -136,7 +159,7 @@ def test_adapter_archive_round_trip_on_the_bundled_model(bundled_job, tmp_path, 
 
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory, tiny_model_dir):
-    from ftkit.train import train
+    from ftkit.train.engine import train
 
     tmp = tmp_path_factory.mktemp("export-tiny")
     base = tmp / "base-model"  # a copy, so a test can make it look quantised
@@ -146,16 +169,15 @@ def tiny_job(tmp_path_factory, tiny_model_dir):
     for split, numbers in (("train", range(12)), ("validation", range(100, 104))):
         rows = "".join(f'"Is {i} even?",{"yes" if i % 2 == 0 else "no"}\n' for i in numbers)
         (data / f"{split}.csv").write_text("prompt,answer\n" + rows)
-    job = train(spec_for(tmp, str(base), data, "tiny-export", learning_rate=1e-2, local={"max_steps": 2}),
-                quiet=True)
+    job = train(spec_for(tmp, str(base), data, "tiny-export", learning_rate=1e-2, local={"max_steps": 2}), quiet=True)
     return job, base
 
 
 MERGED_LOAD = textwrap.dedent("""
     import json, sys, torch
     from transformers import PreTrainedModel
-    from ftkit.archive import load_exported
-    from ftkit.export import probe_logits
+    from ftkit.models.exported import load_exported
+    from ftkit.export.merge import probe_logits
     model, tok = load_exported(sys.argv[1])
     again, _ = load_exported(sys.argv[1])  # the second load reuses the extracted folder
     torch.save(probe_logits(model, tok), sys.argv[2])
@@ -179,8 +201,13 @@ def test_merged_archive_loads_without_peft_and_matches_base_plus_adapter(tiny_jo
 
     logits_file = tmp_path / "logits.pt"
     env = {**os.environ, "FTKIT_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-c", MERGED_LOAD, str(out), str(logits_file)], capture_output=True,
-                         text=True, timeout=300, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", MERGED_LOAD, str(out), str(logits_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info == {"peft_imported": False, "pretrained": True, "type": "LlamaForCausalLM"}
@@ -207,9 +234,9 @@ def test_merge_is_refused_for_a_quantised_base_or_a_failed_logit_check(tiny_job,
     assert list(tmp_path.iterdir()) == []
 
     # a zero tolerance: the merged model's rounding differences are enough to refuse, naming the difference
-    import ftkit.export
+    import ftkit.export.merge
 
-    monkeypatch.setattr(ftkit.export, "MERGE_RTOL", {"fp32": 0.0, "bf16": 0.0})
+    monkeypatch.setattr(ftkit.export.merge, "MERGE_RTOL", {"fp32": 0.0, "bf16": 0.0})
     with pytest.raises(ExportError, match=r"differ by up to [0-9.e-]+ \(allowed 0\); nothing was exported"):
         export_job(job, out=tmp_path / "m.tar.gz", merged=True, quiet=True)
     assert list(tmp_path.iterdir()) == []
@@ -248,8 +275,9 @@ def test_export_refuses_unfinished_jobs_and_bad_archive_names(tiny_job, tmp_path
     assert f"wrote {out}" in capsys.readouterr().out and out.is_file()
 
 
-def add_member(tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-               linkname: str = "") -> None:
+def add_member(
+    tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, linkname: str = ""
+) -> None:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, linkname, len(data) if kind == tarfile.REGTYPE else 0
     tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
@@ -272,10 +300,13 @@ def test_unsafe_archives_are_refused_before_anything_is_extracted(tmp_path, bad,
             add_member(tar, "tokenizer.json", kind=tarfile.LNKTYPE, linkname="/etc/passwd")
         if bad in ("device", "all"):
             add_member(tar, "model.safetensors", kind=tarfile.CHRTYPE)
-    expected = {"absolute": f"'{outside}': absolute path", "dotdot": "'../outside.txt': '..' leads outside",
-                "symlink": "'config.json': symbolic link to '/etc/passwd'",
-                "hardlink": "'tokenizer.json': hard link to '/etc/passwd'",
-                "device": "'model.safetensors': not a regular file or folder"}
+    expected = {
+        "absolute": f"'{outside}': absolute path",
+        "dotdot": "'../outside.txt': '..' leads outside",
+        "symlink": "'config.json': symbolic link to '/etc/passwd'",
+        "hardlink": "'tokenizer.json': hard link to '/etc/passwd'",
+        "device": "'model.safetensors': not a regular file or folder",
+    }
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchiveError) as err:
         extract_archive(archive, dest)
@@ -323,8 +354,7 @@ def test_push_argument_errors(tiny_job, no_hf_token, capsys):
     assert "no repo id" in capsys.readouterr().err
 
 
-def test_push_without_network_fails_fast_and_never_shows_the_token(tiny_job, tmp_path, no_hf_token,
-                                                                   monkeypatch):
+def test_push_without_network_fails_fast_and_never_shows_the_token(tiny_job, tmp_path, no_hf_token, monkeypatch):
     job, _ = tiny_job
     t0 = time.monotonic()
     unreachable = r"could not reach the Hugging Face Hub at http://127\.0\.0\.1:9"
@@ -339,13 +369,31 @@ def test_push_without_network_fails_fast_and_never_shows_the_token(tiny_job, tmp
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
     # the command line, in a fresh process that reads HF_ENDPOINT and the token from the environment
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "MY_HUB_TOKEN": SECRET,
-           "HF_HOME": str(tmp_path / "hf")}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "MY_HUB_TOKEN": SECRET,
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     env.pop("HF_TOKEN", None)
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "ftkit", "push", str(job.path), "--repo-id", "user/model",
-                          "--token-env", "MY_HUB_TOKEN"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftkit",
+            "push",
+            str(job.path),
+            "--repo-id",
+            "user/model",
+            "--token-env",
+            "MY_HUB_TOKEN",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert time.monotonic() - t0 < 60  # python start-up included; the Hub check itself gives up within 10 s
     assert res.returncode == 1
     assert "could not reach the Hugging Face Hub at http://127.0.0.1:9" in res.stderr
@@ -376,8 +424,10 @@ class _EchoingHub(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("status, expected", [(401, "rejected the token (401 Unauthorized)"),
-                                              (400, "answered 400 for 'user/model'")])
+@pytest.mark.parametrize(
+    "status, expected",
+    [(401, "rejected the token (401 Unauthorized)"), (400, "answered 400 for 'user/model'")],
+)
 def test_hub_errors_are_explained_and_redacted(tiny_job, tmp_path, no_hf_token, status, expected):
     job, _ = tiny_job
     handler = type("Handler", (_EchoingHub,), {"status": status})
@@ -393,3 +443,31 @@ def test_hub_errors_are_explained_and_redacted(tiny_job, tmp_path, no_hf_token, 
     assert expected in str(err.value) and SECRET not in text
     assert not list(job.path.parent.glob(".ftkit-push-*"))  # the staged export was cleaned up
     assert files_containing(job.path.parent, SECRET) == []
+
+
+def test_model_card_metadata_follows_the_hub_conventions():
+    """The Hub reads base model, library, dataset and evaluation results from the card's metadata."""
+    from huggingface_hub import ModelCard
+
+    from ftkit.export.card import model_card
+
+    manifest = {
+        "kind": "adapter",
+        "job": {"id": "pq"},
+        "base_model": {
+            "hf_repo": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "name": "SmolLM2",
+            "ref": "bundled",
+            "kind": "bundled",
+        },
+    }
+    evaluation = {"evaluation/tuned.metrics.json": {"model": "tuned", "accuracy": 0.625, "macro_f1": 0.5}}
+    text = model_card({"name": "pq", "spec": {}}, manifest, [], {"files": {}}, {"dataset": "PubMedQA"}, evaluation, {})
+    card = ModelCard(text)
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
+    assert card.data.datasets == ["qiaojin/PubMedQA"] and "ftkit" in card.data.tags
+    scores = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert scores == {"accuracy": 0.625, "macro_f1": 0.5} and card.data.eval_results[0].dataset_split == "test"
+    # a dataset ftkit does not know gets no Hub dataset id and no evaluation metadata
+    plain = ModelCard(model_card({"name": "x", "spec": {}}, manifest, [], {"files": {}}, None, evaluation, {}))
+    assert plain.data.datasets is None and not plain.data.eval_results

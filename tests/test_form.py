@@ -13,8 +13,8 @@ from IPython.display import display
 from transformers import AutoTokenizer
 
 from ftkit import JobForm, load_job, render_trained_tokens
-from ftkit.catalog import CATALOG_BATCH_SIZES
-from ftkit.spec import JobSpecError
+from ftkit.job.spec import JobSpecError
+from ftkit.models.catalog import CATALOG_BATCH_SIZES
 
 
 def write_csv(path: Path, header: str, n: int = 12) -> Path:
@@ -41,9 +41,7 @@ def test_columns_come_from_the_csv_header_and_errors_follow_the_values(tmp_path,
     assert [v for _, v in prompt.options] == [None, "question", "reply", "source"]
     assert list(answer.options) == ["question", "reply", "source"]
     # no column is called "answer": nothing is guessed, the form says the field is required
-    assert answer.value is None and "dataset.answer_column: is required" in form.message_for(
-        "dataset.answer_column"
-    )
+    assert answer.value is None and "dataset.answer_column: is required" in form.message_for("dataset.answer_column")
     with pytest.raises(JobSpecError, match="answer_column"):
         form.spec  # noqa: B018
 

@@ -13,7 +13,9 @@ import nbformat
 import papermill as pm
 import pytest
 
-from ftkit.notebooks import NOTEBOOKS, notebooks_dir, parse_parameters, run_suite, sweep
+from ftkit.cookbook.defaults import JOB_DEFAULTS
+from ftkit.cookbook.runner import NOTEBOOKS, notebooks_dir, parse_parameters, run_suite, sweep
+from ftkit.cookbook.steps import build_job
 
 # tiny settings: every notebook still runs every cell for real (data prep, training steps, evaluation, export)
 FAST = {
@@ -77,9 +79,7 @@ def test_sweep_over_two_learning_rates(tmp_path, pqal_path, bundled_model_dir):
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "parameters:\n"
-        + "".join(
-            f"  {k}: {json.dumps(v)}\n" for k, v in {**FAST, "max_steps": 1, "source": str(pqal_path)}.items()
-        )
+        + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in {**FAST, "max_steps": 1, "source": str(pqal_path)}.items())
         + "grid:\n  learning_rate: [0.0001, 0.001]\n"
     )
     table = sweep(grid, out=tmp_path / "sweep", progress=False)
@@ -88,3 +88,17 @@ def test_sweep_over_two_learning_rates(tmp_path, pqal_path, bundled_model_dir):
     assert table["eval_loss"].notna().all() and table["accuracy"].between(0, 1).all()
     assert (tmp_path / "sweep" / "summary.csv").is_file() and (tmp_path / "sweep" / "summary.png").is_file()
     assert Path(tmp_path / "sweep" / "run-01" / "notebooks" / "03_train_local.ipynb").is_file()
+
+
+def test_notebook_02_trains_the_cookbook_defaults(tmp_path):
+    """One home for the cookbook's job: notebook 02's parameters restate JOB_DEFAULTS, and build_job uses them."""
+    import ast
+
+    declared = pm.inspect_notebook(str(notebooks_dir() / "02_configure_job.ipynb"))
+    shown = {k: ast.literal_eval(v["default"]) for k, v in declared.items() if k in JOB_DEFAULTS}
+    assert len(shown) >= 12 and shown == {k: JOB_DEFAULTS[k] for k in shown}
+    spec = build_job(tmp_path, "defaults", learning_rate=0.001)
+    hp = spec.hyperparameters
+    assert (hp.batch_size, hp.learning_rate, hp.lora.r, spec.local.max_seq_length) == (4, 0.001, 8, 256)
+    with pytest.raises(ValueError, match="unknown parameter.*lora_rank"):
+        build_job(tmp_path, "typo", lora_rank=16)

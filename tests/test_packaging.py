@@ -26,11 +26,7 @@ def test_every_runtime_dependency_is_in_environment_yml():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme
-    ci = [
-        ln.strip()
-        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
-        if ln.strip() and not ln.startswith("#")
-    ]
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert ci[-1] == "make test"
 
 

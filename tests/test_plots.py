@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftkit.cli import main as cli
-from ftkit.plots import LivePlot, plot_metrics
+from ftkit.results.plots import LivePlot, plot_metrics
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -25,12 +25,27 @@ def png_size(path: Path) -> tuple[int, int]:
 def synthetic_records(n_steps: int, steps_per_epoch: int, eval_every: int, loss0: float) -> list[dict]:
     rows = []
     for s in range(1, n_steps + 1):
-        rows.append({"step": s, "epoch": round(s / steps_per_epoch, 4), "train_loss": loss0 / s,
-                     "eval_loss": None, "perplexity": None, "learning_rate": 1e-3 * (1 - s / (n_steps + 1))})
+        rows.append(
+            {
+                "step": s,
+                "epoch": round(s / steps_per_epoch, 4),
+                "train_loss": loss0 / s,
+                "eval_loss": None,
+                "perplexity": None,
+                "learning_rate": 1e-3 * (1 - s / (n_steps + 1)),
+            }
+        )
         if s % eval_every == 0:
-            rows.append({"step": s, "epoch": round(s / steps_per_epoch, 4), "train_loss": None,
-                         "eval_loss": loss0 / s + 0.1, "perplexity": 2.718 ** (loss0 / s + 0.1),
-                         "learning_rate": None})
+            rows.append(
+                {
+                    "step": s,
+                    "epoch": round(s / steps_per_epoch, 4),
+                    "train_loss": None,
+                    "eval_loss": loss0 / s + 0.1,
+                    "perplexity": 2.718 ** (loss0 / s + 0.1),
+                    "learning_rate": None,
+                }
+            )
     return rows
 
 
@@ -97,7 +112,7 @@ def test_metrics_file_and_jobs_sharing_a_name(tmp_path):
 
 
 def test_unknown_job_is_a_clear_error(tmp_path):
-    from ftkit.jobs import JobError
+    from ftkit.job.store import JobError
 
     write_job(tmp_path / "runs", "job-a", "alpha", synthetic_records(2, 2, 2, 1.0))
     with pytest.raises(JobError, match="no job 'job-b'.*did you mean job-a"):
@@ -157,7 +172,7 @@ def test_live_plot_through_ipython_display_machinery(tmp_path):
         from IPython.core.interactiveshell import InteractiveShell
         from IPython.display import display
         from IPython.utils.capture import capture_output
-        from ftkit.plots import LivePlot
+        from ftkit.results.plots import LivePlot
         InteractiveShell.instance()
         with capture_output() as cap:
             live = LivePlot("beta", every=2, display=display)
@@ -170,8 +185,9 @@ def test_live_plot_through_ipython_display_machinery(tmp_path):
     env = {"IPYTHONDIR": str(tmp_path / "ipython"), "MPLCONFIGDIR": str(tmp_path / "mpl")}
     import os
 
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **env})
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
     assert res.returncode == 0, res.stderr
     outputs = json.loads(res.stdout.strip().splitlines()[-1])
     assert [o["update"] for o in outputs] == [False, True, True]
@@ -182,7 +198,7 @@ def test_live_plot_through_ipython_display_machinery(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory, tiny_model_dir):
-    from ftkit.train import train
+    from ftkit.train.engine import train
 
     tmp = tmp_path_factory.mktemp("plots-job")
     data = tmp / "data"
@@ -194,8 +210,12 @@ def tiny_job(tmp_path_factory, tiny_model_dir):
         "name": "plot-me",
         "base_model_id": str(tiny_model_dir),
         "dataset": {"id": str(data), "prompt_column": "prompt", "answer_column": "answer"},
-        "hyperparameters": {"batch_size": 4, "learning_rate": 1e-3, "n_evals": 2,
-                            "lora": {"r": 4, "alpha": 8}},
+        "hyperparameters": {
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "n_evals": 2,
+            "lora": {"r": 4, "alpha": 8},
+        },
         "local": {"output_dir": str(tmp / "runs"), "seed": 1, "max_steps": 4},
     }
     disp = FakeDisplay()

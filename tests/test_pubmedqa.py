@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ftkit import prepared as prepared_mod
-from ftkit import pubmedqa
-from ftkit.pubmedqa import ChecksumMismatch, DatasetUnavailable, prepare_pubmedqa
+from ftkit.data import prepared as prepared_mod
+from ftkit.data.pubmedqa import official as pubmedqa
+from ftkit.data.pubmedqa.official import ChecksumMismatch, DatasetUnavailable
+from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
 
 LACE_PLANT = "21645374"  # first PQA-L example: sections BACKGROUND and RESULTS
 
@@ -65,9 +66,7 @@ def test_official_split(prepared, pqal, test_truth_path):
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert ids[0] | ids[1] | ids[2] == set(pqal)
     assert all(
-        pqal[p]["final_decision"] == d
-        for f in frames.values()
-        for p, d in zip(f.pmid, f.final_decision, strict=True)
+        pqal[p]["final_decision"] == d for f in frames.values() for p, d in zip(f.pmid, f.final_decision, strict=True)
     )
     assert prepared.counts["test"] == {"yes": 276, "no": 169, "maybe": 55}
     assert "450" in repr(prepared) and "<table>" in prepared._repr_html_()
@@ -263,9 +262,7 @@ def test_artificial_offline_fails_fast(isolated, monkeypatch):
 
     start = time.monotonic()
     with pytest.raises(DatasetUnavailable, match="qiaojin/PubMedQA") as e:
-        prepare_pubmedqa(
-            isolated / "a", subset="artificial", cache_dir=isolated / "hf", endpoint="http://127.0.0.1:9"
-        )
+        prepare_pubmedqa(isolated / "a", subset="artificial", cache_dir=isolated / "hf", endpoint="http://127.0.0.1:9")
     assert "pqa_artificial" in str(e.value) and "--source" in str(e.value)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetUnavailable, match="HF_HUB_OFFLINE=1"):
@@ -283,9 +280,7 @@ def _hub_parquet(pqal: dict, path: Path, labelled: bool) -> Path:
     cols = {
         "pubid": pa.array([int(p) for p, _ in recs], pa.int32()),
         "question": [r["QUESTION"] for _, r in recs],
-        "context": [
-            {"contexts": r["CONTEXTS"], "labels": r["LABELS"], "meshes": r["MESHES"]} for _, r in recs
-        ],
+        "context": [{"contexts": r["CONTEXTS"], "labels": r["LABELS"], "meshes": r["MESHES"]} for _, r in recs],
         "long_answer": [r["LONG_ANSWER"] for _, r in recs],
     }
     if labelled:
@@ -321,14 +316,9 @@ def test_cli_prepare(tmp_path, pqal_path, capsys):
     from ftkit.cli import main
 
     out = tmp_path / "cli"
-    assert (
-        main(["prepare", "pubmedqa", "--out", str(out), "--source", str(pqal_path), "--max-train", "30"]) == 0
-    )
+    assert main(["prepare", "pubmedqa", "--out", str(out), "--source", str(pqal_path), "--max-train", "30"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"train\s+30\s+17\s+10\s+3", printed)  # 248/152/50 of 450 -> 16.5/10.1/3.3
     assert re.search(r"test\s+500\s+276\s+169\s+55", printed)
-    assert (
-        main(["prepare", "pubmedqa", "--out", str(tmp_path / "x"), "--source", str(tmp_path / "nope.json")])
-        == 1
-    )
+    assert main(["prepare", "pubmedqa", "--out", str(tmp_path / "x"), "--source", str(tmp_path / "nope.json")]) == 1
     assert "nope.json does not exist" in capsys.readouterr().err

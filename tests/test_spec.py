@@ -12,8 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from ftkit.cli import main
+from ftkit.job.save import fields_table, save_job
+from ftkit.job.spec import JobSpec, JobSpecError, JobSpecWarning, load_job
 from ftkit.paths import shared_dir
-from ftkit.spec import JobSpec, JobSpecError, JobSpecWarning, fields_table, load_job, save_job
 
 LLAMA_31_INSTRUCT = "5b912da4-4a68-43eb-9224-38239535d934"
 CATALOG_IDS = [
@@ -115,9 +116,7 @@ def _value(kind: str, text: str):
 
 def _path(field: str) -> str:
     return (
-        f"hyperparameters.lora.{field}"
-        if field in ("enabled", "r", "alpha", "dropout")
-        else f"hyperparameters.{field}"
+        f"hyperparameters.lora.{field}" if field in ("enabled", "r", "alpha", "dropout") else f"hyperparameters.{field}"
     )
 
 
@@ -245,9 +244,7 @@ def test_documented_ranges_are_enforced(docs_fields):
 
 def test_out_of_range_message_names_field_value_and_range():
     errors = _errors(_minimal(lora={"r": 100}))
-    assert errors == {
-        "hyperparameters.lora.r": "hyperparameters.lora.r: is too large (got 100; allowed: 1..64)"
-    }
+    assert errors == {"hyperparameters.lora.r": "hyperparameters.lora.r: is too large (got 100; allowed: 1..64)"}
     errors = _errors(_minimal(lora={"dropout": 1.0}))
     assert "zeroes the LoRA branch" in errors["hyperparameters.lora.dropout"]
     assert "0 <= dropout < 1" in errors["hyperparameters.lora.dropout"]
@@ -334,10 +331,7 @@ def test_all_problems_are_reported_at_once():
         "hyperparameters.batch_size: is not a batch size Meta-Llama-3.1-8B-Instruct supports (got 6; "
         "allowed: one of 4,8,12,16,20,24,28,32)" in text
     )
-    assert (
-        'local.device: is not one of the allowed values (got "tpu"; allowed: one of auto, cuda, mps, cpu)'
-        in text
-    )
+    assert 'local.device: is not one of the allowed values (got "tpu"; allowed: one of auto, cuda, mps, cpu)' in text
     assert "local.micro_batch_size: does not divide batch_size 6" in text
     assert "context length 8192" in text
 
@@ -486,9 +480,7 @@ def test_trainable_modules_forms():
     assert spec.hyperparameters.lora.trainable_modules == ["q_proj", "v_proj"]
     assert (
         "lists q_proj more than once"
-        in _errors(_minimal(lora={"trainable_modules": ["q_proj", "q_proj"]}))[
-            "hyperparameters.lora.trainable_modules"
-        ]
+        in _errors(_minimal(lora={"trainable_modules": ["q_proj", "q_proj"]}))["hyperparameters.lora.trainable_modules"]
     )
 
 
@@ -547,9 +539,7 @@ def test_missing_dataset_files_are_named(tmp_path):
     _csv(tmp_path / "t.csv")
     with pytest.raises(JobSpecError, match="is the training file itself"):
         _load(
-            dict(
-                body, dataset={"id": "t.csv", "answer_column": "answer"}, local={"validation_file": "t.csv"}
-            ),
+            dict(body, dataset={"id": "t.csv", "answer_column": "answer"}, local={"validation_file": "t.csv"}),
             base_dir=tmp_path,
         ).dataset_files()
 
@@ -692,7 +682,7 @@ def test_with_updates():
 
 
 def test_fields_table_covers_every_field():
-    from ftkit._specerrors import all_paths
+    from ftkit.job.problems import all_paths
 
     table = fields_table()
     lines = table.splitlines()
@@ -701,10 +691,7 @@ def test_fields_table_covers_every_field():
     assert list(rows) == all_paths(JobSpec)
     assert len(rows) == 34
     assert all(line.count(" | ") == 4 for line in lines[2:])
-    assert (
-        "| `hyperparameters.n_epochs` | integer | `1` | 1..20 | Complete passes"
-        in rows["hyperparameters.n_epochs"]
-    )
+    assert "| `hyperparameters.n_epochs` | integer | `1` | 1..20 | Complete passes" in rows["hyperparameters.n_epochs"]
     assert "| `hyperparameters.learning_rate` | number | `1e-05` | 1e-08 <= value <= 0.01 |" in table
     assert "| `name` | string | required |" in table
     assert all(line.rstrip(" |").split(" | ")[-1] for line in lines[2:])  # every field has a meaning
@@ -727,15 +714,10 @@ def test_check_job_cli(tmp_path, capsys):
     assert main(["check-job", str(job)]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == _load(job).normalized()
-    assert (
-        "note: n_evals=2 and no validation file" in err
-        and f"train data: {tmp_path / 'data' / 'train.csv'}" in err
-    )
+    assert "note: n_evals=2 and no validation file" in err and f"train data: {tmp_path / 'data' / 'train.csv'}" in err
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "name: x\nbase_model_id: llama3\ndataset:\n  id: d.csv\nhyperparameters:\n  n_epochs: 30\n"
-    )
+    bad.write_text("name: x\nbase_model_id: llama3\ndataset:\n  id: d.csv\nhyperparameters:\n  n_epochs: 30\n")
     assert main(["check-job", str(bad)]) == 1
     out, err = capsys.readouterr()
     assert out == ""

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ftkit import jobs as jobstore
 from ftkit.cli import main as cli
-from ftkit.train import eval_schedule, train
+from ftkit.job import store as jobstore
+from ftkit.train.engine import train
+from ftkit.train.plan import eval_schedule
 
 FIELDS = {
     "step",
@@ -129,9 +130,7 @@ def test_changed_data_is_refused(tmp_path, tiny_model_dir):
 
 def test_best_checkpoint_is_the_lowest_eval_loss(tmp_path, tiny_model_dir):
     # a learning rate this high makes later evaluations worse than the first on a random tiny model
-    spec = make_spec(
-        tmp_path, tiny_model_dir, n_evals=4, n_epochs=2, best_checkpoints=True, learning_rate=1e-2
-    )
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=4, n_epochs=2, best_checkpoints=True, learning_rate=1e-2)
     job = train(spec, quiet=True)
     evals = [r for r in job.metrics() if r["eval_loss"] is not None]
     best = min(evals, key=lambda r: r["eval_loss"])
@@ -325,9 +324,9 @@ def test_loss_on_target_positions_only_matches_the_models_own_loss(tmp_path, tin
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from ftkit.encoding import encode_rows, padded_collator, padding_free_collator
-    from ftkit.modeling import apply_lora
-    from ftkit.train import _CountingTrainer
+    from ftkit.data.encoding import encode_rows, padded_collator, padding_free_collator
+    from ftkit.models.loading import apply_lora
+    from ftkit.train.trainer import CountingTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), 4, 8, 0.0, None)
@@ -340,7 +339,7 @@ def test_loss_on_target_positions_only_matches_the_models_own_loss(tmp_path, tin
     batch = collate(rows.examples)
     n_targets = int((batch["labels"][..., 1:] != -100).sum())
     args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to=[])
-    trainer = _CountingTrainer(model=model, args=args)
+    trainer = CountingTrainer(model=model, args=args)
 
     def grads(loss):
         model.zero_grad()

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ftkit import jobs as jobstore
 from ftkit.cli import main as cli
-from ftkit.pubmedqa import prepare_pubmedqa
+from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+from ftkit.job import store as jobstore
 
 
 @pytest.mark.slow

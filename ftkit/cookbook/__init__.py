@@ -1,0 +1,39 @@
+"""On top of the stages: what the cookbook notebooks call.
+
+Owns the notebook helpers (``steps``: one ftkit call per notebook cell), the cookbook's job values (``defaults``),
+the job form (``form``, ``formfields``; ipywidgets), the trained-token view (``tokenview``) and running the
+notebooks with papermill (``runner``). Imports every stage; the command line (``ftkit.cli``) imports it.
+The notebooks call ``ftkit.cookbook.<helper>``, so the helpers of ``steps`` are re-exported here.
+"""
+
+from ftkit.cookbook.steps import (
+    CookbookPaths,
+    build_job,
+    export_merged,
+    job_ids,
+    last_metrics,
+    maybe_push,
+    paths,
+    plot_confusion,
+    plot_token_lengths,
+    preview_example,
+    show_json,
+    show_rows,
+    validation_messages,
+)
+
+__all__ = [
+    "CookbookPaths",
+    "build_job",
+    "export_merged",
+    "job_ids",
+    "last_metrics",
+    "maybe_push",
+    "paths",
+    "plot_confusion",
+    "plot_token_lengths",
+    "preview_example",
+    "show_json",
+    "show_rows",
+    "validation_messages",
+]

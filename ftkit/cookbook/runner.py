@@ -1,0 +1,242 @@
+"""Run the cookbook notebooks with papermill: the whole suite in order, or a sweep over a parameter grid.
+
+``ftkit notebooks run`` executes each notebook with the pinned ``python3`` kernel, working directory
+``notebooks/``, and every artifact in one run folder. ``ftkit notebooks sweep GRID.yaml`` prepares the data once, then
+runs the configure/train/evaluate notebooks once per parameter combination, each in its own process, and writes a
+summary table (CSV + plot). One failed run is reported and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftkit.errors import FtkitError, UsageError
+from ftkit.files import atomic_path
+from ftkit.job.store import read_metrics
+from ftkit.paths import repo_root
+
+NOTEBOOKS = (
+    "01_prepare_pubmedqa",
+    "02_configure_job",
+    "03_train_local",
+    "04_plot_metrics",
+    "05_export_and_evaluate",
+)
+SWEEP_NOTEBOOKS = ("02_configure_job", "03_train_local", "05_export_and_evaluate")
+KERNEL = "python3"
+
+
+class NotebooksMissing(FtkitError, FileNotFoundError):
+    """ftkit runs from an installed copy without the source checkout's notebooks/ folder."""
+
+
+def notebooks_dir() -> Path:
+    d = repo_root() / "notebooks"
+    if not d.is_dir():
+        raise NotebooksMissing(f"the cookbook notebooks are not at {d}; run ftkit from a source checkout")
+    return d
+
+
+def parse_parameters(pairs: list[str]) -> dict:
+    """``key=value`` strings to a dict; values are read as YAML scalars (numbers, true/false, null, lists)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"parameter {pair!r} is not key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _select(only) -> list[str]:
+    if not only:
+        return list(NOTEBOOKS)
+    wanted = [o.strip() for o in (only.split(",") if isinstance(only, str) else only)]
+    chosen = [nb for nb in NOTEBOOKS if any(nb == w or nb.startswith(w + "_") or nb[:2] == w for w in wanted)]
+    if len(chosen) != len(wanted):
+        raise UsageError(f"--only {only!r}: choose among {', '.join(NOTEBOOKS)} (or their numbers)")
+    return chosen
+
+
+@dataclass
+class SuiteRun:
+    """What a suite run produced: executed notebooks and the artifacts in the run folder."""
+
+    run_dir: Path
+    executed: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def artifacts(self) -> dict[str, list[Path]]:
+        r = self.run_dir
+        return {
+            "executed notebooks": self.executed,
+            "plots": sorted(r.glob("plots/*.png")),
+            "metrics": sorted(r.glob("runs/*/metrics.jsonl")),
+            "evaluation": sorted(r.glob("eval/*.json")),
+            "archives": sorted(r.glob("exports/*.tar.gz")),
+        }
+
+    def __str__(self) -> str:
+        lines = [f"cookbook run in {self.run_dir} ({self.seconds:.0f} s)"]
+        for kind, files in self.artifacts().items():
+            lines.append(f"  {kind}:")
+            lines += [f"    {f}" for f in files] or ["    (none)"]
+        return "\n".join(lines)
+
+
+def run_suite(
+    out: str | os.PathLike = "out/cookbook",
+    parameters: dict | None = None,
+    only=None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> SuiteRun:
+    """Execute the notebooks in order with papermill; parameters a notebook does not declare are not passed to it."""
+    import papermill as pm
+
+    src = notebooks_dir()
+    run = SuiteRun(Path(out).resolve())
+    (run.run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for nb in _select(only):
+        path = src / f"{nb}.ipynb"
+        declared = pm.inspect_notebook(str(path))
+        params = {k: v for k, v in (parameters or {}).items() if k in declared}
+        params["run_dir"] = str(run.run_dir)
+        if data_dir and "data_dir" in declared:
+            params["data_dir"] = str(Path(data_dir).resolve())
+        target = run.run_dir / "notebooks" / f"{nb}.ipynb"
+        if progress:
+            print(f"ftkit: running {nb} ...", flush=True)
+        pm.execute_notebook(
+            str(path), str(target), parameters=params, kernel_name=KERNEL, cwd=str(src), progress_bar=False
+        )
+        run.executed.append(target)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def refresh_outputs() -> float:
+    """Execute the notebooks in place at their defaults (fresh run folder) so they carry the outputs nbval
+    compares against. Returns the seconds it took: the cookbook's wall time on this machine."""
+    import shutil
+
+    import papermill as pm
+
+    src = notebooks_dir()
+    shutil.rmtree(src / "../out/cookbook", ignore_errors=True)  # the notebooks' default run_dir
+    t0 = time.perf_counter()
+    for nb in NOTEBOOKS:
+        path = src / f"{nb}.ipynb"
+        pm.execute_notebook(str(path), str(path), kernel_name=KERNEL, cwd=str(src), progress_bar=False)
+    return time.perf_counter() - t0
+
+
+def _final(run_dir: Path) -> dict:
+    """Final eval_loss and the tuned model's accuracy / macro-F1 of one sweep run, read from its files."""
+
+    res = {"eval_loss": None, "accuracy": None, "macro_f1": None}
+    for m in sorted(run_dir.glob("runs/*/metrics.jsonl")):
+        evals = [r["eval_loss"] for r in read_metrics(m) if r.get("eval_loss") is not None]
+        if evals:
+            res["eval_loss"] = evals[-1]
+    metrics = run_dir / "eval" / "tuned.predictions.metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        res["accuracy"], res["macro_f1"] = m.get("accuracy"), m.get("macro_f1")
+    return res
+
+
+def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, progress: bool = True):
+    """Run configure/train/evaluate once per combination of a parameter grid; returns the summary DataFrame.
+
+    The grid file (YAML) has ``grid`` (parameter -> list of values) and optional ``parameters`` (fixed for every
+    run, e.g. ``max_steps``). Data are prepared once and shared.
+    """
+    import pandas as pd
+    import yaml
+
+    spec = yaml.safe_load(Path(grid_file).read_text()) or {}
+    unknown = set(spec) - {"grid", "parameters"}
+    if unknown or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+        raise UsageError(
+            f"{grid_file}: expected a mapping with 'grid' (parameter -> list of values) and optional "
+            f"'parameters'; found keys {sorted(spec)}"
+        )
+    fixed = spec.get("parameters") or {}
+    keys = list(spec["grid"])
+    values = [v if isinstance(v, list) else [v] for v in spec["grid"].values()]
+    out = Path(out or Path(grid_file).with_suffix("")).resolve()
+    shared = run_suite(out / "shared", {**fixed}, only=["01"], progress=progress)
+    data_dir = shared.run_dir / "data" / "pubmedqa"
+
+    rows = []
+    for i, combo in enumerate(itertools.product(*values)):
+        params = {**fixed, **dict(zip(keys, combo, strict=True))}
+        run_dir = out / f"run-{i:02d}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "ftkit",
+            "notebooks",
+            "run",
+            "--out",
+            str(run_dir),
+            "--data-dir",
+            str(data_dir),
+            "--only",
+            ",".join(n[:2] for n in SWEEP_NOTEBOOKS),
+            "--quiet",
+        ]
+        cmd += [x for k, v in params.items() for x in ("-p", f"{k}={json.dumps(v)}")]
+        if progress:
+            print(f"ftkit: sweep run {i}: {dict(zip(keys, combo, strict=True))}", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        row = {
+            "run": run_dir.name,
+            **dict(zip(keys, combo, strict=True)),
+            "status": "ok" if proc.returncode == 0 else "failed",
+            "wall_s": round(time.perf_counter() - t, 1),
+            **_final(run_dir),
+            "error": None,
+        }
+        if proc.returncode != 0:
+            row["error"] = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+            if progress:
+                print(f"ftkit: sweep run {i} failed: {row['error']}", flush=True)
+        rows.append(row)
+
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "summary.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    _plot_sweep(table, keys, out / "summary.png")
+    return table
+
+
+def _plot_sweep(table, keys: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    labels = [", ".join(f"{k}={row[k]}" for k in keys) for _, row in table.iterrows()]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, col in zip(axes, ("eval_loss", "accuracy", "macro_f1"), strict=True):
+        ax.bar(range(len(table)), table[col].astype(float).fillna(0.0))
+        ax.set_xticks(range(len(table)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(col)
+    fig.suptitle("ftkit sweep")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

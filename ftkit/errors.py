@@ -1,0 +1,21 @@
+"""The base of every error ftkit raises for input it cannot use or work it cannot do.
+
+Each message names the file, field or row, the value found and what is allowed, so the command line prints it as it
+is (exit 1; 2 for a :class:`UsageError`) and never a traceback (unless ``--debug`` or ``FTKIT_DEBUG=1``).
+Subclasses keep the built-in base they always had (``ValueError``, ``RuntimeError``, ``FileNotFoundError``), so
+code that caught those still works.
+"""
+
+from __future__ import annotations
+
+
+class FtkitError(Exception):
+    """Something ftkit cannot do as asked; the message says what and what would work."""
+
+    exit_code = 1
+
+
+class UsageError(FtkitError, ValueError):
+    """An argument that cannot be used as given (the command line exits 2, like argparse)."""
+
+    exit_code = 2

@@ -1,0 +1,6 @@
+"""Stage 6, export: taking a job's result away.
+
+Owns staging an export folder and packing it (``stage``, ``archive``), merging the adapter into its base with a
+logit check (``merge``), the model card (``card``) and the Hugging Face Hub push (``hub``). Imports every stage
+before it except ``ftkit.train`` (it reads finished job folders) and ``ftkit.results``.
+"""

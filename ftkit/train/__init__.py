@@ -1,0 +1,8 @@
+"""Stage 4, train: running a job.
+
+Owns the rows, step arithmetic and evaluation schedule of a job (``plan``), ftkit's Trainer subclass and the model
+and Trainer construction that training and the estimate share (``trainer``), its callback (``callbacks``), stop
+signals (``signals``), the engine in named phases (``engine``) and the pre-launch estimate (``estimate``, with
+``memory``, ``timing`` and ``measure``). Imports ftkit's base modules, ``ftkit.models``, ``ftkit.data`` and
+``ftkit.job``. ``trainer``, ``callbacks``, ``engine`` and ``measure`` import transformers when they load.
+"""

@@ -1,0 +1,398 @@
+"""The local training engine: run a job spec with the transformers Trainer and peft LoRA.
+
+``train`` opens the job (fresh start or resume, one writer under DDP), then runs the named phases over one
+:class:`Run`: ``start`` (status running) → ``load_model`` (device, precision, model) → ``encode`` (rows, tokens,
+schedule) → ``fit`` (the Trainer with ftkit's callback writing metrics, scheduling evaluations, keeping the best
+adapter, honouring cancel) → ``save_result`` (the job's model, status completed). Every failure ends the job
+``failed`` with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from ftkit.data.encoding import Encoded, encode_rows
+from ftkit.files import atomic_dir, sha256_file
+from ftkit.job import store as jobstore
+from ftkit.job.datafiles import DatasetFiles
+from ftkit.job.spec import JobSpec, load_job
+from ftkit.models.device import Precision, pick_device, pick_precision
+from ftkit.models.loading import ensure_pad_token
+from ftkit.train.callbacks import FtkitCallback, TrainingStopped
+from ftkit.train.plan import batching_for, eval_schedule, job_rows, step_plan
+from ftkit.train.signals import StopSignals
+from ftkit.train.trainer import build_model, make_trainer, trainer_arguments
+
+# Local settings that change how a job is run or reported but not what it learns: a resume may change them.
+_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps"}
+
+
+@dataclass
+class Run:
+    """One run of a job: what the phases read and what each one adds for the next."""
+
+    spec: JobSpec
+    job: jobstore.Job
+    resume: str | None
+    """The checkpoint folder to resume from, or None for a fresh start."""
+    files: DatasetFiles
+    world: int = 1
+    writer: bool = True
+    """Whether this process writes the job's files (rank 0)."""
+    quiet: bool = False
+    signals: StopSignals | None = None
+    on_record: Callable[[dict], Any] | None = None
+    # set by load_model
+    device: str = "cpu"
+    precision: Precision | None = None
+    model: Any = None
+    tokenizer: Any = None
+    # set by encode
+    train_rows: Encoded | None = None
+    validation_rows: Encoded | None = None
+    micro: int = 1
+    accumulation: int = 1
+    total_steps: int = 0
+    evaluations: tuple[int, ...] = ()
+    batching: str = "padded"
+    # set by fit
+    trainer: Any = None
+    callback: FtkitCallback | None = None
+
+    def log(self, message: str) -> None:
+        if self.writer:
+            self.job.log(message)
+
+    def update(self, **fields) -> None:
+        if self.writer:
+            self.job.update(**fields)
+
+
+def library_versions() -> dict:
+    out = {}
+    for name in ("ftkit", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _diff(old, new, path="") -> list[str]:
+    """Dotted paths whose values differ between two JSON-like values, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _fingerprint(spec_dict: dict, data: dict) -> dict:
+    spec = {k: v for k, v in spec_dict.items() if k != "local"}
+    local = {k: v for k, v in (spec_dict.get("local") or {}).items() if k not in _RESUME_SAFE_LOCAL}
+    return {"spec": spec, "local": local, "data": {k: v and v["sha256"] for k, v in data.items()}}
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+
+def open_job(spec, spec_dict: dict, data: dict, root, fresh: bool) -> tuple[jobstore.Job, str | None]:
+    """Create the job folder, or pick up an existing one; returns (job, checkpoint to resume from, or
+    "completed" when there is nothing left to do)."""
+    job = jobstore.Job(jobstore.jobs_dir(root) / jobstore.job_id_for(spec.name))
+    fp = _fingerprint(spec_dict, data)
+    if (job.path / "job.json").is_file():
+        rec = job.record
+        if rec.get("status") == "running" and job.is_alive():
+            raise jobstore.JobError(f"job {job.id!r} is already running (pid {rec.get('pid')} on {rec.get('host')})")
+        changed = _diff(rec.get("fingerprint"), fp)
+        if fresh:
+            shutil.rmtree(job.path)
+        elif changed:
+            raise jobstore.JobError(
+                f"job {job.id!r} exists with a different spec or data, so it cannot be resumed:\n  "
+                + "\n  ".join(changed)
+                + "\nStart it again from scratch with fresh=True (CLI: --fresh), or give the job another name."
+            )
+        elif rec.get("status") == "completed":
+            return job, "completed"
+    if not (job.path / "job.json").is_file():
+        job.path.mkdir(parents=True, exist_ok=True)
+        job.update(
+            id=job.id,
+            name=spec.name,
+            status="queued",
+            created_at=jobstore.now(),
+            started_at=None,
+            finished_at=None,
+            error=None,
+            spec=spec_dict,
+            data=data,
+            fingerprint=fp,
+        )
+        return job, None
+    (job.path / jobstore.CANCEL_FILE).unlink(missing_ok=True)
+    ckpt_dir = job.path / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    return job, last
+
+
+def _open_everywhere(spec, data: dict, root, fresh: bool, rank: int, world: int):
+    """``open_job`` on rank 0 alone, which records its decision (``resume_from``); under DDP the other ranks wait
+    for it and read that decision."""
+    state = None
+    if world > 1:
+        from accelerate import PartialState
+
+        # Initialise the process group now (as the Trainer will) so that rank 0 can set the job up alone.
+        state = PartialState(cpu=pick_device(spec.local.device) == "cpu")
+    if rank == 0:
+        job, resume = open_job(spec, spec.normalized(), data, root, fresh)
+        if resume != "completed":
+            job.update(resume_from=resume)
+    if state is not None:
+        state.wait_for_everyone()
+    if rank != 0:
+        job = jobstore.Job(jobstore.jobs_dir(root) / jobstore.job_id_for(spec.name))
+        resume = "completed" if job.status == "completed" else job.record.get("resume_from")
+    return job, resume
+
+
+# ------------------------------------------------------------------------------------------------- phases
+
+
+def start(run: Run) -> None:
+    """Mark the job running (pid, host, versions) and say whether it starts or resumes."""
+    run.update(
+        status="running",
+        started_at=run.job.record.get("started_at") or jobstore.now(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        world_size=run.world,
+        error=None,
+        versions=library_versions(),
+    )
+    what = "resuming from " + Path(run.resume).name if run.resume else "starting"
+    run.log(f"job {run.job.id}: {what} ({run.world} process{'es' if run.world > 1 else ''})")
+
+
+def load_model(run: Run) -> None:
+    """Pick device and precision, and build the model the job trains (LoRA adapters or all weights)."""
+    hp, local = run.spec.hyperparameters, run.spec.local_settings()
+    run.device = pick_device(local.device)
+    run.precision = pick_precision(run.device, local.precision)
+    run.log(f"device {run.device}; precision {run.precision.name} ({run.precision.reason})")
+    run.model, run.tokenizer, info, (trainable, total) = build_model(run.spec, run.precision)
+    run.log(f"model {info.name} from {info.source}; {ensure_pad_token(run.tokenizer)}")
+    run.log(f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters")
+    run.update(
+        device=run.device,
+        precision=run.precision.name,
+        precision_reason=run.precision.reason,
+        model={"name": info.name, "source": str(info.source), "kind": info.kind},
+        parameters={"trainable": trainable, "total": total},
+    )
+
+
+def encode(run: Run) -> None:
+    """Read and encode the rows (truncation reported), and plan steps, evaluations and batching."""
+    spec, hp = run.spec, run.spec.hyperparameters
+    max_len = spec.max_seq_length()
+    rows = job_rows(spec, run.files)
+    if rows.held_out:
+        n = len(rows.validation_answers)
+        run.log(f"no validation file: {n} training row(s) (1%, at least one) held out for evaluation")
+    run.train_rows = encode_rows(run.tokenizer, rows.prompts, rows.answers, max_len, hp.mask_prompt_labels)
+    run.validation_rows = encode_rows(
+        run.tokenizer, rows.validation_prompts, rows.validation_answers, max_len, hp.mask_prompt_labels
+    )
+    run.log(f"train: {run.train_rows.summary()}")
+    run.log(f"validation: {run.validation_rows.summary()}")
+
+    run.micro, run.accumulation, per_epoch, run.total_steps = step_plan(spec, len(run.train_rows.examples), run.world)
+    run.evaluations = tuple(eval_schedule(run.total_steps, hp.n_evals, bool(run.validation_rows.examples)))
+    run.batching = batching_for(run.model, spec.local.batching)
+    run.log(
+        f"{run.total_steps} optimizer steps ({per_epoch}/epoch x {hp.n_epochs}); effective batch "
+        f"{hp.batch_size} = micro-batch {run.micro} x accumulation {run.accumulation} x {run.world} process(es); "
+        f"evaluations after steps {list(run.evaluations) or 'none'}; batching {run.batching}; "
+        f"max_seq_length {max_len}"
+    )
+    run.update(
+        batching=run.batching,
+        max_seq_length=max_len,
+        rows={
+            "train": len(run.train_rows.examples),
+            "validation": len(run.validation_rows.examples),
+            "truncated_train": len(run.train_rows.truncated_rows),
+            "truncated_validation": len(run.validation_rows.truncated_rows),
+        },
+        progress={"step": 0, "max_steps": run.total_steps},
+    )
+
+
+def fit(run: Run) -> None:
+    """Train with the Trainer from the start or the resume checkpoint; raises when stopped early."""
+    hp, local = run.spec.hyperparameters, run.spec.local_settings()
+    if run.resume and run.writer:
+        step = json.loads((Path(run.resume) / "trainer_state.json").read_text())["global_step"]
+        dropped = jobstore.truncate_metrics(run.job.metrics_path, step)
+        run.log(f"resuming at step {step}; {dropped} metric record(s) logged after that checkpoint will be re-logged")
+    args = trainer_arguments(
+        run.job.path / "checkpoints",
+        run.spec,
+        run.micro,
+        run.accumulation,
+        run.device,
+        run.precision,
+        run.batching,
+        num_train_epochs=hp.n_epochs,
+        max_steps=local.max_steps or -1,
+        warmup_steps=math.ceil(hp.warmup_ratio * run.total_steps),
+        logging_steps=local.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
+        save_strategy="steps",
+        save_steps=local.save_steps or max(1, math.ceil(run.total_steps / 10)),
+        save_total_limit=2,
+        disable_tqdm=run.quiet,
+        include_num_input_tokens_seen="non_padding",
+    )
+    run.callback = FtkitCallback(
+        job=run.job,
+        writer=run.writer,
+        eval_steps=list(run.evaluations),
+        signals=run.signals,
+        on_record=run.on_record,
+        tokenizer=run.tokenizer,
+        keep_best=hp.best_checkpoints,
+    )
+    run.trainer = make_trainer(
+        run.model,
+        run.tokenizer,
+        args,
+        run.batching,
+        run.train_rows.examples,
+        run.validation_rows.examples,
+        [run.callback],
+    )
+    run.callback.trainer = run.trainer
+    run.trainer.train(resume_from_checkpoint=run.resume)
+    run.callback.raise_if_stopped()
+
+
+def save_result(run: Run) -> None:
+    """The job's model: the best checkpoint (best_checkpoints) or the last one; then status completed."""
+    hp, job, trainer = run.spec.hyperparameters, run.job, run.trainer
+    if run.writer:
+        best = job.path / "best"
+        if hp.best_checkpoints and (best / "best.json").is_file():
+            with atomic_dir(job.model_dir) as tmp:
+                shutil.copytree(best, tmp, dirs_exist_ok=True)
+            result = json.loads((best / "best.json").read_text())
+            run.log(f"result: best checkpoint (step {result['step']}, eval_loss {result['eval_loss']:.4f})")
+        else:
+            with atomic_dir(job.model_dir) as tmp:
+                trainer.model.save_pretrained(tmp, safe_serialization=True)
+                run.tokenizer.save_pretrained(tmp)
+            result = {"step": trainer.state.global_step, "eval_loss": run.callback.last_eval_loss}
+            run.log(f"result: last checkpoint (step {result['step']})")
+        job.update(
+            status="completed",
+            finished_at=jobstore.now(),
+            pid=None,
+            result={"model_dir": "model", **result, "lora": hp.lora.enabled},
+            progress={"step": trainer.state.global_step, "max_steps": run.total_steps},
+        )
+        run.log(f"completed: {job.model_dir}")
+    run.trainer = run.model = None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+PHASES = (start, load_model, encode, fit, save_result)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+
+def _data_hashes(files: DatasetFiles) -> dict:
+    return {
+        name: (None if p is None else {"path": str(p), "sha256": sha256_file(p)})
+        for name, p in (("train", files.train), ("validation", files.validation))
+    }
+
+
+def train(
+    spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, quiet: bool = False, on_record=None
+) -> jobstore.Job:
+    """Run (or resume) a fine-tuning job and return its :class:`~ftkit.job.store.Job`.
+
+    ``spec`` is a :class:`~ftkit.job.spec.JobSpec`, a dict body or a path to a JSON/YAML job file. The job's id is
+    its name: running the same spec again resumes from the last checkpoint, or returns at once if it completed. A
+    changed spec or changed data is refused unless ``fresh=True``. ``on_record`` is called with every metric record
+    (rank 0), e.g. a live plot. Raises :class:`~ftkit.job.store.JobError` when the job fails or is cancelled.
+    """
+    spec = spec if isinstance(spec, JobSpec) else load_job(spec)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    files = spec.dataset_files()
+    root = jobs_dir or os.environ.get("FTKIT_JOBS_DIR") or spec.local.output_dir
+    job, resume = _open_everywhere(spec, _data_hashes(files), root, fresh, rank, world)
+    if resume == "completed":
+        if rank == 0 and not quiet:
+            print(f"ftkit: job {job.id!r} already completed; its result is in {job.model_dir}")
+        return job
+    with StopSignals() as signals:
+        run = Run(spec, job, resume, files, world, rank == 0, quiet, signals, on_record)
+        try:
+            for phase in PHASES:
+                phase(run)
+            return job
+        except TrainingStopped as stop:
+            run.update(status="cancelled", finished_at=jobstore.now(), error=None, pid=None)
+            run.log(f"cancelled ({stop}); the last checkpoint is kept: run the job again to resume")
+            raise jobstore.JobError(f"job {job.id!r} cancelled: {stop}") from None
+        except BaseException as exc:
+            msg = _failure_message(exc, spec)
+            run.update(status="failed", finished_at=jobstore.now(), error=msg, pid=None)
+            run.log(f"failed: {msg}")
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise jobstore.JobError(f"job {job.id!r} failed: {msg}") from exc
+        finally:
+            if hasattr(on_record, "close"):  # e.g. a LivePlot: draw the records since its last redraw
+                on_record.close()
+
+
+run_job = train  # the public name (ftkit.run_job)
+
+
+def _failure_message(exc: BaseException, spec) -> str:
+    text = str(exc)
+    oom = isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+    )
+    if oom:
+        hp, local = spec.hyperparameters, spec.local
+        micro = local.micro_batch_size or hp.batch_size
+        return (
+            f"out of memory at batch_size={hp.batch_size} (micro-batch {micro}) and max_seq_length="
+            f"{local.max_seq_length or 'auto'}: lower local.micro_batch_size (gradient accumulation keeps the "
+            f"effective batch size), lower local.max_seq_length, use LoRA with a smaller r, or pick a smaller model. "
+            f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (second Ctrl-C)"
+    return f"{type(exc).__name__}: {text}"
