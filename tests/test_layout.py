@@ -66,9 +66,7 @@ def _ftkit_targets(module: str):
 
 def _heavy_modules() -> set[str]:
     """ftkit modules that load a heavy library when imported (directly or through their top-level imports)."""
-    direct = {
-        m for m in MODULES if any(top and t.split(".")[0] in HEAVY_LIBRARIES for t, _, top, _ in _imports(m))
-    }
+    direct = {m for m in MODULES if any(top and t.split(".")[0] in HEAVY_LIBRARIES for t, _, top, _ in _imports(m))}
     heavy = set(direct)
     while True:
         more = {m for m in MODULES if m not in heavy for t, _, top, _ in _ftkit_targets(m) if top and t in heavy}

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+from ftkit.job.spec import load_job
 from ftkit.job.store import cancel, get_job, jobs_table
 from ftkit.train.estimate import estimate
 
 
 def _train(args) -> int:
+    spec = load_job(args.job)  # a bad job file is reported before torch and transformers load (seconds)
     from ftkit.train.engine import train  # heavy: torch and transformers load here
 
-    job = train(args.job, jobs_dir=args.jobs_dir, fresh=args.fresh, quiet=args.quiet)
+    job = train(spec, jobs_dir=args.jobs_dir, fresh=args.fresh, quiet=args.quiet)
     print(f"job {job.id}: {job.status} -> {job.model_dir}")
     return 0
 
