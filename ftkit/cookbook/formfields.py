@@ -81,11 +81,19 @@ class FormFields:
     # --- building ---
     def _build(self, body: dict | None, save_path: str) -> None:
         body = body or {}
-        hp, local, ds = body.get("hyperparameters", {}), body.get("local", {}), body.get("dataset", {})
-        lora = hp.get("lora", {})
         self.widgets: dict[str, W.ValueWidget] = {}
         self._messages: dict[str, W.HTML] = {}
         self._rows: dict[str, W.Box] = {}
+        self._job_fields(body)
+        self._training_fields(body.get("hyperparameters", {}))
+        self._local_fields(body.get("local", {}))
+        self.messages = W.HTML()
+        self._build_actions(save_path)
+        self.widget = self._layout()
+
+    def _job_fields(self, body: dict) -> None:
+        """Name, base model, data files and columns."""
+        local, ds = body.get("local", {}), body.get("dataset", {})
         models = [(f"{m.name} ({m.kind})", m.id or "bundled") for m in list_models()]
         self._add("name", W.Text(value=body.get("name", "my-job"), description="name", style=_WIDE))
         self._add(
@@ -122,6 +130,10 @@ class FormFields:
         self._add("dataset.prompt_column", W.Dropdown(options=[], description="prompt column", style=_WIDE))
         self._add("dataset.answer_column", W.Dropdown(options=[], description="answer column", style=_WIDE))
         self._columns = (ds.get("prompt_column"), ds.get("answer_column")) if ds else ("prompt", "answer")
+
+    def _training_fields(self, hp: dict) -> None:
+        """The hyperparameters and the LoRA section, bounded by the spec's ranges."""
+        lora = hp.get("lora", {})
         for name in HP_FIELDS:
             value = hp.get(name, default(Hyperparameters, name))
             w = (
@@ -145,6 +157,9 @@ class FormFields:
                 W.HBox(list(self.modules.values())),
             ],
         )
+
+    def _local_fields(self, local: dict) -> None:
+        """The ``local`` section (validation_file sits with the data files)."""
         for name in LocalSettings.model_fields:
             if name == "validation_file":
                 continue
@@ -160,8 +175,9 @@ class FormFields:
             else:
                 w = _widget_for(LocalSettings, name, value)
             self._add(f"local.{name}", w, _doc(LocalSettings, name))
-        self.messages = W.HTML()
-        self._build_actions(save_path)
+
+    def _layout(self):
+        """Sections in the order a user fills them in; the local settings collapsed."""
         local_box = W.Accordion(
             children=[
                 W.VBox([self._rows[p] for p in self.widgets if p.startswith("local.") and p != "local.validation_file"])
@@ -171,7 +187,7 @@ class FormFields:
         local_box.selected_index = None
         section = lambda t: W.HTML(f"<b>{t}</b>")  # noqa: E731
         rows = lambda prefix: [r for p, r in self._rows.items() if p.startswith(prefix)]  # noqa: E731
-        self.widget = W.VBox(
+        return W.VBox(
             [
                 section("Job"),
                 *[self._rows[p] for p in ("name", "base_model_id", "model_other")],

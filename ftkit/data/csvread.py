@@ -35,6 +35,14 @@ class CsvTable:
 
 def read_csv(path: Path, name: str, issues: list[Issue]) -> CsvTable | None:
     """Parse one file; structural problems go to ``issues``. None when it cannot be read as CSV at all."""
+    text = _read_text(path, name, issues)
+    if text is None:
+        return None
+    return _parse(text, name, issues)
+
+
+def _read_text(path: Path, name: str, issues: list[Issue]) -> str | None:
+    """The file as text (invalid UTF-8 reported and replaced); None when it is missing, binary, empty or JSON."""
 
     def err(check, message, allowed=None, **kw):
         issues.append(Issue("error", check, name, message, allowed=allowed, **kw))
@@ -76,6 +84,14 @@ def read_csv(path: Path, name: str, issues: list[Issue]) -> CsvTable | None:
             value=excerpt(text.lstrip(), 40),
         )
         return None
+    return text
+
+
+def _parse(text: str, name: str, issues: list[Issue]) -> CsvTable | None:
+    """The well-formed records of CSV text; malformed records and ragged rows go to ``issues``."""
+
+    def err(check, message, allowed=None, **kw):
+        issues.append(Issue("error", check, name, message, allowed=allowed, **kw))
 
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB per value is too small for long documents
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
