@@ -3,6 +3,8 @@
 Owns the rows, step arithmetic and evaluation schedule of a job (``plan``), ftkit's Trainer subclass and the model
 and Trainer construction that training and the estimate share (``trainer``), its callback (``callbacks``), stop
 signals (``signals``), the engine in named phases (``engine``) and the pre-launch estimate (``estimate``, with
-``memory``, ``timing`` and ``measure``). Imports ftkit's base modules, ``ftkit.models``, ``ftkit.data`` and
-``ftkit.job``. ``trainer``, ``callbacks``, ``engine`` and ``measure`` import transformers when they load.
+``memory``, ``timing`` and ``measure``). ``trainer``, ``callbacks``, ``engine`` and ``measure`` import transformers
+when they load, so the command line imports them only when a job trains or steps are timed.
+
+May import: the base modules, ``ftkit.models``, ``ftkit.data`` and ``ftkit.job``.
 """

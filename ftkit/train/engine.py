@@ -355,7 +355,9 @@ def train(
             print(f"ftkit: job {job.id!r} already completed; its result is in {job.model_dir}")
         return job
     with StopSignals() as signals:
-        run = Run(spec, job, resume, files, world, rank == 0, quiet, signals, on_record)
+        run = Run(
+            spec, job, resume, files, world=world, writer=rank == 0, quiet=quiet, signals=signals, on_record=on_record
+        )
         try:
             for phase in PHASES:
                 phase(run)
