@@ -316,6 +316,12 @@ def test_two_process_ddp_run(tmp_path, tiny_model_dir):
     assert len([r for r in rows if r["eval_loss"] is not None]) == 2
     assert (job.model_dir / "adapter_model.safetensors").is_file()
 
+    # running the completed job again returns at once on every rank (rank 1 used to wait at a barrier rank 0 had
+    # left, because it read the previous run's resume decision)
+    again = subprocess.run(out.args, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "job tiny: completed" in again.stdout and job.metrics() == rows
+
 
 @pytest.mark.parametrize("batching", ["padded", "padding_free"])
 def test_loss_on_target_positions_only_matches_the_models_own_loss(tmp_path, tiny_model_dir, batching):
