@@ -111,15 +111,15 @@ def load_test_truth(source: str | os.PathLike | None = None, url: str | None = N
 
 def prepare_labeled(
     out: str | os.PathLike,
-    source: str | os.PathLike | None = None,
-    seed: int = 42,
-    n_validation: int = 50,
-    answer_style: str | None = None,
-    max_train: int | None = None,
-    max_validation: int | None = None,
-    max_test: int | None = None,
-    test_truth: str | os.PathLike | None = None,
-    url: str | None = None,
+    source: str | os.PathLike | None,
+    seed: int,
+    n_validation: int,
+    answer_style: str | None,
+    max_train: int | None,
+    max_validation: int | None,
+    max_test: int | None,
+    test_truth: str | os.PathLike | None,
+    url: str | None,
 ) -> PreparedDataset:
     """Write PQA-L's official split (see :func:`ftkit.data.pubmedqa.prepare.prepare_pubmedqa` for the arguments)."""
     answer_style = check_answer_style(answer_style or "decision_long")
