@@ -106,17 +106,19 @@ def load_hub_rows(files: list[Path], answer_style: str, labelled: bool) -> list[
 def prepare_hub_subset(
     out: str | os.PathLike,
     subset: str,
-    source: str | os.PathLike | None = None,
-    seed: int = 42,
-    n_validation: int = 50,
-    answer_style: str | None = None,
-    max_train: int | None = None,
-    max_validation: int | None = None,
+    *,
+    source: str | os.PathLike | None,
+    seed: int,
+    n_validation: int,
+    answer_style: str | None,
+    max_train: int | None,
+    max_validation: int | None,
     cache_dir: str | os.PathLike | None = None,
     endpoint: str | None = None,
     revision: str | None = None,
 ) -> PreparedDataset:
-    """Write PQA-A (``train.csv`` + stratified ``validation.csv``) or PQA-U (``train.csv`` only) to ``out``.
+    """Write PQA-A (``train.csv`` + stratified ``validation.csv``) or PQA-U (``train.csv`` only) to ``out``; the
+    arguments and their defaults are :func:`ftkit.data.pubmedqa.prepare.prepare_pubmedqa`'s.
 
     PQA-A has no test split: evaluate on PQA-L's official test set. PQA-U rows have no decision, so their
     answer is the long answer (``answer_style="long"``, the only style allowed) and there is no
