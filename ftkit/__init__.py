@@ -6,8 +6,9 @@ The package reads as the pipeline, one subpackage per stage; a stage imports onl
 - ``ftkit.models``: the catalog, the bundled model, loading models, tokenizers and exported archives
 - ``ftkit.data``: CSV reading and checks, prepared datasets, encoding rows into tokens, PubMedQA
 - ``ftkit.job``: the job spec (the service's body), its checks and problems, job files, the job store
-- ``ftkit.train``: the step plan, the training engine, its Trainer and callback, the pre-launch estimate
-- ``ftkit.results``: inference, evaluation, scores, generation, metric plots
+- ``ftkit.results``: inference, evaluation, scores, generation, metric plots (training scores its validation rows
+  with them, so this stage comes before ``ftkit.train``)
+- ``ftkit.train``: the step plan, the training engine, its Trainer and callback, task metrics, the estimate
 - ``ftkit.export``: export archives, merged models, the model card, the Hub push
 - ``ftkit.cookbook``: what the notebooks call (helpers, the form, the token view, the notebook runner)
 - ``ftkit.cli``: the ``ftkit`` command
@@ -26,7 +27,7 @@ from ftkit.version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {}
-_STAGES = ("models", "data", "job", "train", "results", "export", "cookbook", "cli")
+_STAGES = ("models", "data", "job", "results", "train", "export", "cookbook", "cli")
 
 
 def _export(module: str, *names: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 
 import pytest
@@ -407,3 +408,45 @@ def test_package_exports_stay_callable_after_module_import():
 
     assert callable(ftkit.evaluate) and callable(ftkit.generate)
     assert ftkit.EvalResult is EvalResult
+
+
+# ------------------------------------------------------------------------- other label sets and free text
+
+
+def test_auc_is_reported_beside_accuracy(bundled_result):
+    gold = [r["gold"] for r in bundled_result.rows]
+    margins = [r["logprobs"]["yes"] - r["logprobs"]["no"] for r in bundled_result.rows]
+    pos = [m for m, g in zip(margins, gold, strict=True) if g == "yes"]
+    neg = [m for m, g in zip(margins, gold, strict=True) if g == "no"]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert bundled_result.auc == pytest.approx(sum(pairs) / len(pairs))
+    assert f"AUC yes-vs-no {bundled_result.auc:.3f}" in str(bundled_result)
+
+
+def test_own_labels_and_columns_from_the_command_line(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,sentiment\nA great film.,pos\nAn awful film.,neg\nLoved it.,POS\n")
+    out = tmp_path / "pred.json"
+    args = ["evaluate", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--quiet"]
+    assert cli([*args, "--labels", "pos,neg", "--prompt-column", "text", "--label-column", "sentiment"]) == 0
+    assert json.loads(out.read_text()).keys() == {"1", "2", "3"}
+    metrics = json.loads(out.with_name("pred.metrics.json").read_text())
+    assert metrics["labels"] == ["pos", "neg"] and metrics["per_class"]["pos"]["support"] == 2
+    assert "AUC pos-vs-neg" in capsys.readouterr().out
+
+
+def test_free_text_answers_get_answer_loss_and_exact_match(tmp_path, tiny_model_dir, bundled_loaded):
+    data = tmp_path / "qa.csv"
+    data.write_text("prompt,answer\nWhat is 2+2?,4\nName a colour.,blue\n")
+    out = tmp_path / "answers.json"
+    result = evaluate(bundled_loaded, data, out)
+    assert result.method == "free-text" and result.n == 2 and 0 <= result.exact_match <= 1
+    assert result.answer_tokens >= 4  # each answer's tokens plus its EOS
+    assert result.perplexity == pytest.approx(math.exp(result.answer_loss))
+    answers = json.loads(out.read_text())
+    assert set(answers) == {"1", "2"} and all(isinstance(a, str) for a in answers.values())
+    assert json.loads(out.with_name("answers.metrics.json").read_text())["answer_loss"] == pytest.approx(
+        result.answer_loss
+    )
+    with pytest.raises(EvalDataError, match="no gold label"):  # asking for labels means every row needs one
+        evaluate(bundled_loaded, data, None, labels=("yes", "no"))

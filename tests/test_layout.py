@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ftkit"
 # the pipeline, in order: a module may import modules of its own stage and of the stages before it
-STAGES = ("base", "models", "data", "job", "train", "results", "export", "cookbook", "cli", "top")
+STAGES = ("base", "models", "data", "job", "results", "train", "export", "cookbook", "cli", "top")
 BASE = {"ftkit.errors", "ftkit.files", "ftkit.paths", "ftkit.version"}
 HEAVY_LIBRARIES = {"torch", "transformers", "peft", "accelerate", "pandas", "matplotlib", "ipywidgets", "papermill"}
 

@@ -15,9 +15,13 @@ def _evaluate(args) -> int:
         args.method,
         args.limit,
         args.batch_size,
+        labels=args.labels.split(",") if args.labels else None,
         device=args.device,
         jobs_dir=args.jobs_dir,
         progress=not args.quiet,
+        prompt_column=args.prompt_column,
+        label_column=args.label_column,
+        answer_column=args.answer_column,
     )
     print(result)
     return 0
@@ -49,7 +53,8 @@ def add_evaluation(sub) -> None:
     ref = "job id or folder, exported .tar.gz, or model (catalog name, 'bundled', HF repo id, local folder)"
     e = sub.add_parser(
         "evaluate",
-        help="yes/no/maybe accuracy and macro-F1 of a job or model on a CSV; writes official-format predictions",
+        help="accuracy, macro-F1 and AUC of a job or model on a labelled CSV (official-format predictions), "
+        "or answer loss and exact match on free-text answers",
     )
     e.add_argument("model", metavar="JOB|EXPORT|MODEL", help=ref)
     e.add_argument(
@@ -67,6 +72,21 @@ def add_evaluation(sub) -> None:
         choices=["score", "generate"],
         default="score",
         help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer",
+    )
+    e.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated label words (default yes,no,maybe; a file whose rows have no label at all is then "
+        "evaluated as free text: answer-token loss and exact match)",
+    )
+    e.add_argument("--prompt-column", default="prompt", help="column with the prompts (default prompt)")
+    e.add_argument(
+        "--label-column", default=None, help="column with the gold labels (default final_decision when present)"
+    )
+    e.add_argument(
+        "--answer-column",
+        default="answer",
+        help="column with reference answers; a label is read from its first word where the label column is empty",
     )
     e.add_argument("--limit", type=int, default=None, help="only the first N rows")
     e.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")

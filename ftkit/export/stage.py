@@ -120,8 +120,15 @@ def _write_metrics(job, folder: Path) -> list[dict]:
         w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+            w.writerow({k: _cell(r.get(k)) for k in columns})
     return rows
+
+
+def _cell(value) -> str:
+    """A metrics.csv cell: empty for null, JSON for a nested value (the predicted-label shares)."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
 def _data_manifest(record: dict) -> tuple[dict, dict | None]:

@@ -79,6 +79,7 @@ def cross_checks(data: dict, base_dir: Path | None, root: type[BaseModel]):
     n_evals = _alias_checks(body, problems, notes)
     _size_checks(body, info, problems)
     _column_checks(body, problems, notes)
+    _task_metric_checks(body, problems)
     _evaluation_notes(body, base, n_evals, notes)
     return problems, notes, info
 
@@ -194,6 +195,20 @@ def _column_checks(body: _Body, problems: list, notes: list) -> None:
         )
     if body.get("hyperparameters.mask_prompt_labels")[1] and ok_p and prompt is None:
         notes.append("mask_prompt_labels=true has no effect without a dataset.prompt_column")
+
+
+def _task_metric_checks(body: _Body, problems: list) -> None:
+    ok_m, metric = body.get("local.best_metric")
+    ok_l, labels = body.get("local.labels")
+    if ok_m and ok_l and metric != "eval_loss" and labels == []:
+        problems.append(
+            SpecProblem(
+                "local.best_metric",
+                metric,
+                "is a task metric, but local.labels [] turns task metrics off",
+                "eval_loss, or give local.labels (null = auto)",
+            )
+        )
 
 
 def _evaluation_notes(body: _Body, base: Path, n_evals, notes: list) -> None:

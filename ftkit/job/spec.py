@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ftkit.data.labels import check_labels
+from ftkit.errors import UsageError
 from ftkit.job.aliases import alias_mapping, conflict_message, same
 from ftkit.job.checks import cross_checks
 from ftkit.job.datafiles import DatasetFiles, dataset_files
@@ -195,6 +197,29 @@ class LocalSettings(_Section):
     """Compile the model with torch.compile (faster steps on recent GPUs after a slow first step)."""
     save_steps: Int | None = Field(None, ge=1)
     """Write a resumable checkpoint every this many optimizer steps. null = about ten per run."""
+    labels: list[str] | None = Field(
+        None, json_schema_extra={"allowed": "a list of at least two distinct words, [] (off), or null (auto)"}
+    )
+    """Decision labels for task metrics: every evaluation also scores the validation rows the way ``ftkit evaluate``
+    does (the label whose first token the model rates highest right after the prompt) and records eval_accuracy,
+    eval_macro_f1, eval_auc and the predicted-label shares. null = auto: yes/no/maybe (PubMedQA) when every
+    validation row carries one of them in its label column or as its answer's first word; [] = off."""
+    label_column: str | None = Field(None, min_length=1)
+    """Column holding each row's gold label. null = final_decision when the CSV has one, else the label word each
+    answer starts with."""
+    best_metric: Literal["eval_loss", "eval_accuracy", "eval_macro_f1", "eval_auc"] = "eval_loss"
+    """The validation metric that picks the best checkpoint when best_checkpoints is true: eval_loss (lowest, the
+    service's meaning) or a task metric (highest; needs labels, see local.labels)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_set(cls, v: list[str] | None) -> list[str] | None:
+        if not v:
+            return v
+        try:
+            return list(check_labels(v))
+        except UsageError as e:
+            raise PydanticCustomError("labels", "{msg}", {"msg": str(e)}) from None
 
 
 class JobSpec(_Section):

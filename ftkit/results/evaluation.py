@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit.data.csvread import read_csv
+from ftkit.data.labels import DEFAULT_LABEL_COLUMN, LabelReader
 from ftkit.data.pubmedqa.official import TRUTH_FILE, fetch
 from ftkit.errors import FtkitError, UsageError
 from ftkit.files import write_json
+from ftkit.results.freetext import TextEvalResult, evaluate_free_text
 from ftkit.results.inference import (
     DECISIONS,
     describe_ref,
@@ -27,7 +29,7 @@ from ftkit.results.inference import (
     parse_decision,
     score_labels,
 )
-from ftkit.results.scores import UNPARSED, EvalResult
+from ftkit.results.scores import UNPARSED, EvalResult, margin_auc
 
 METHODS = ("score", "generate")
 _MAX_LISTED = 30
@@ -41,8 +43,9 @@ class EvalDataError(FtkitError, ValueError):
 class EvalRow:
     id: str  # the PMID, or the row number when the file has no pmid column
     prompt: str
-    gold: str
+    gold: str | None  # the gold label; None for free-text rows (see read_eval_data's free_text)
     row: int  # 1-based data record number
+    answer: str = ""  # the reference answer, when the file has an answer column
 
 
 def _raise(problems: list[str], what: str) -> None:
@@ -53,10 +56,18 @@ def _raise(problems: list[str], what: str) -> None:
 
 
 def read_eval_data(
-    path: str | os.PathLike, labels=DECISIONS, prompt_column: str = "prompt", limit: int | None = None
+    path: str | os.PathLike,
+    labels=DECISIONS,
+    prompt_column: str = "prompt",
+    limit: int | None = None,
+    label_column: str | None = None,
+    answer_column: str = "answer",
+    free_text: bool = False,
 ) -> list[EvalRow]:
-    """Rows to evaluate: id (``pmid``), prompt, and the gold label from ``final_decision`` or, when that
-    column is missing or empty, from the label word that starts ``answer``. All problems are reported at once.
+    """Rows to evaluate: id (``pmid``), prompt, and the gold label from the label column (``label_column``, else
+    ``final_decision`` when present) or, where that is missing or empty, from the label word that starts the answer.
+    With ``free_text`` a file where no row has a label is read as free-text rows (gold None, the answer kept).
+    All problems are reported at once.
     """
 
     path = Path(path)
@@ -66,45 +77,48 @@ def read_eval_data(
     if table is None:
         _raise(problems, f"cannot read evaluation data {path}")
     header = table.header
-    if prompt_column not in header:
-        problems.append(f"{path}: no {prompt_column!r} column (columns: {', '.join(header)})")
-    if "final_decision" not in header and "answer" not in header:
+    label_col = label_column or (DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in header else None)
+    for col, what in ((prompt_column, "prompt"), (label_column, "label")):
+        if col and col not in header:
+            problems.append(f"{path}: no {col!r} column for the {what}s (columns: {', '.join(header)})")
+    if label_col is None and answer_column not in header:
         problems.append(
-            f"{path}: no 'final_decision' or 'answer' column to read gold labels from (columns: {', '.join(header)})"
+            f"{path}: no {DEFAULT_LABEL_COLUMN!r} or {answer_column!r} column to read gold labels from "
+            f"(columns: {', '.join(header)})"
         )
     _raise(problems, f"evaluation data {path}")
-    allowed = ", ".join(labels)
-    starts = re.compile(r"\s*(" + "|".join(map(re.escape, labels)) + r")\b", re.IGNORECASE)
-    canon = {label.lower(): label for label in labels}
-    rows, seen = [], {}
+    reader = LabelReader(labels)
+    allowed = ", ".join(reader.labels)
+    rows, seen, unlabelled = [], {}, []
     for row, line, fields in table.records:
         rec = dict(zip(header, fields, strict=True))
         where = f"{path} line {line}, row {row}"
         prompt = rec[prompt_column]
         if not prompt.strip():
             problems.append(f"{where}: empty {prompt_column!r}")
-        decision = rec.get("final_decision", "").strip()
-        gold = canon.get(decision.lower())
-        if decision and gold is None:
-            problems.append(f"{where}: final_decision {decision!r} is not one of {allowed}")
+        value = rec.get(label_col, "").strip() if label_col else ""
+        gold = reader.row_label(value, rec.get(answer_column, ""))
+        if value and gold is None:
+            problems.append(f"{where}: {label_col} {value!r} is not one of {allowed}")
         elif gold is None:
-            m = starts.match(rec.get("answer", ""))
-            if m:
-                gold = canon[m.group(1).lower()]
-            else:
-                excerpt = rec.get("answer", "")[:30]
-                problems.append(
-                    f"{where}: no gold label: final_decision is empty or missing and answer "
-                    f"{excerpt!r} does not start with one of {allowed}"
-                )
+            unlabelled.append(
+                f"{where}: no gold label: {label_col or DEFAULT_LABEL_COLUMN} is empty or missing and "
+                f"{answer_column} {rec.get(answer_column, '')[:30]!r} does not start with one of {allowed}"
+            )
         rid = rec.get("pmid", "").strip() if "pmid" in header else str(row)
         if not rid:
             problems.append(f"{where}: empty pmid")
         elif rid in seen:
             problems.append(f"{where}: pmid {rid} repeats row {seen[rid]}")
         seen.setdefault(rid, row)
-        rows.append(EvalRow(rid, prompt, gold or "", row))
+        rows.append(EvalRow(rid, prompt, gold, row, rec.get(answer_column, "")))
+    if not (free_text and answer_column in header and len(unlabelled) == len(rows)):
+        problems += unlabelled
     _raise(problems, f"evaluation data {path}")
+    return _limited(rows, limit)
+
+
+def _limited(rows: list[EvalRow], limit: int | None) -> list[EvalRow]:
     if limit is not None:
         if limit < 1:
             raise UsageError(f"limit must be >= 1, got {limit}")
@@ -119,7 +133,7 @@ def metrics_path_for(out: str | os.PathLike) -> Path:
     return out.with_name(f"{stem}.metrics.json")
 
 
-def _write(result: EvalResult, out) -> EvalResult:
+def _write(result, out):
     if out is not None:
         result.predictions_path = str(write_json(out, result.predictions))
         result.metrics_path = str(metrics_path_for(out))
@@ -134,14 +148,21 @@ def evaluate(
     method: str = "score",
     limit: int | None = None,
     batch_size: int = 8,
-    labels=DECISIONS,
+    labels=None,
     device: str = "auto",
     jobs_dir: str | os.PathLike | None = None,
     max_new_tokens: int = 8,
     progress: bool = False,
     loaded=None,
-) -> EvalResult:
+    prompt_column: str = "prompt",
+    label_column: str | None = None,
+    answer_column: str = "answer",
+) -> EvalResult | TextEvalResult:
     """Evaluate a model's decisions on a data file; write the predictions and metrics; return an EvalResult.
+
+    A file whose rows carry no label at all (no label column, answers that start with no label word) is evaluated
+    as free text instead, unless ``labels`` were given: answer-token loss and exact match
+    (a :class:`~ftkit.results.freetext.TextEvalResult`; the predictions file then maps ids to answers).
 
     Args:
         model_ref: job id or folder, export archive (``.tar.gz``), model reference, or a
@@ -156,7 +177,9 @@ def evaluate(
             (written as such, counted wrong).
         limit: evaluate only the first ``limit`` rows (the predictions then hold only those).
         batch_size: rows per forward pass (left padded; results do not depend on it beyond float rounding).
-        labels: the decision words.
+        labels: the decision words (default: yes, no, maybe, with the free-text fallback above).
+        prompt_column, label_column, answer_column: the data's columns; the gold label is read from
+            ``label_column`` (default ``final_decision`` when present), else from the answer's first word.
         device: ``auto`` (CUDA, MPS, CPU), ``cuda``, ``mps`` or ``cpu``.
         jobs_dir: where job ids are looked up (default ``runs/`` or ``$FTKIT_JOBS_DIR``).
         progress: show a progress bar.
@@ -164,10 +187,16 @@ def evaluate(
 
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    labels = tuple(labels)
-    rows = read_eval_data(data, labels, limit=limit)
+    free_text = labels is None
+    labels = tuple(labels or DECISIONS)
+    rows = read_eval_data(data, labels, prompt_column, limit, label_column, answer_column, free_text)
     model, tok = loaded if loaded is not None else load_for_inference(model_ref, device, jobs_dir)
     prompts = [r.prompt for r in rows]
+    if rows and rows[0].gold is None:
+        text = evaluate_free_text(
+            model, tok, [r.id for r in rows], prompts, [r.answer for r in rows], describe_ref(model_ref), str(data)
+        )
+        return _write(text, out)
     notes = []
     start = time.perf_counter()
     if method == "score":
@@ -198,6 +227,7 @@ def evaluate(
         seconds=round(seconds, 3),
         notes=notes,
         rows=details,
+        auc=margin_auc([r.gold for r in rows], logps, labels) if method == "score" else None,
     )
     return _write(result, out)
 
@@ -232,7 +262,8 @@ def comparison_row(label: str, result: EvalResult) -> dict:
     }
     row.update({f"f1_{c}": v["f1"] for c, v in result.per_class.items()})
     row.update({f"share_{c}": result.shares.get(c, 0.0) for c in result.labels})
-    row.update({"unparsed": result.unparsed, "collapsed": result.collapsed or "", "seconds": result.seconds})
+    row.update({"auc": result.auc, "unparsed": result.unparsed, "collapsed": result.collapsed or ""})
+    row["seconds"] = result.seconds
     return row
 
 
@@ -260,10 +291,10 @@ def compare(
 
     if not isinstance(models, dict):
         models = {describe_ref(m): m for m in models}
-    read_eval_data(data, kwargs.get("labels", DECISIONS), limit=limit)  # bad data fails before any model loads
+    read_eval_data(data, kwargs.get("labels") or DECISIONS, limit=limit)  # bad data fails before any model loads
     results: dict[str, EvalResult] = {}
     if baseline:
-        base = majority_baseline(data, limit, kwargs.get("labels", DECISIONS))
+        base = majority_baseline(data, limit, kwargs.get("labels") or DECISIONS)
         results[base.model] = base
     for label, ref in models.items():
         out = Path(out_dir) / f"{_slug(label)}.predictions.json" if out_dir is not None else None

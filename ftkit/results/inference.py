@@ -255,8 +255,12 @@ def score_labels(
         batch_size,
         progress,
     )
-    preds = [labels[max(range(len(labels)), key=lambda j, r=r: r[j])] for r in logps]
-    return preds, logps
+    return argmax_labels(logps, labels), logps
+
+
+def argmax_labels(logprobs: list[list[float]], labels) -> list[str]:
+    """The highest-scoring label of each row (the first one on a tie)."""
+    return [labels[max(range(len(labels)), key=lambda j, r=r: r[j])] for r in logprobs]
 
 
 def generate_texts(

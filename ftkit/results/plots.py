@@ -28,6 +28,8 @@ PANELS = (
     ("perplexity", "eval perplexity", "log"),
     ("learning_rate", "learning rate", "linear"),
 )
+# drawn when the records carry task metrics (jobs with decision labels): (record key, line style) per panel
+TASK_LINES = (("eval_accuracy", "-"), ("eval_macro_f1", "--"), ("eval_auc", ":"))
 FIGSIZE = (12.0, 8.0)
 DPI = 100
 
@@ -117,7 +119,10 @@ def draw_metrics(fig: Figure, series: list[tuple[str, list[dict]]], title: str |
     held.
     """
     fig.clear()
-    axes = fig.subplots(2, 2, squeeze=False).ravel()
+    with_task = any(r.get("eval_accuracy") is not None for _, recs in series for r in recs)
+    axes = fig.subplots(2, 3 if with_task else 2, squeeze=False).ravel()
+    if with_task:  # the loss panels on the left, the task panels in the last column
+        axes = [axes[0], axes[1], axes[3], axes[4], axes[2], axes[5]]
     with_epochs = [recs for _, recs in series if any(r.get("epoch") for r in recs)]
     mapping = _epoch_mapping(with_epochs[0]) if with_epochs else None
     # one epoch axis fits all jobs only when they share steps per epoch; otherwise it is the first job's
@@ -129,7 +134,12 @@ def draw_metrics(fig: Figure, series: list[tuple[str, list[dict]]], title: str |
     ]
     shared = mapping is not None and all(abs(float(mapping[0](s)) - e) <= 1e-3 for s, e in pairs)
     epoch_label = "epoch" if shared else f"epoch ({series[0][0]})"
-    for ax, (key, name, scale) in zip(axes, PANELS, strict=True):
+    if with_task:
+        _task_panels(axes[4], axes[5], series)
+        for ax in axes[4:]:
+            if mapping is not None:
+                ax.secondary_xaxis("top", functions=mapping).set_xlabel(epoch_label, fontsize="small")
+    for ax, (key, name, scale) in zip(axes[:4], PANELS, strict=True):
         drawn = 0
         for i, (label, recs) in enumerate(series):
             pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None and r.get("step") is not None]
@@ -168,6 +178,52 @@ def draw_metrics(fig: Figure, series: list[tuple[str, list[dict]]], title: str |
     return fig
 
 
+def _task_panels(ax_scores, ax_shares, series: list[tuple[str, list[dict]]]) -> None:
+    """Validation accuracy, macro-F1 and AUC (one panel) and the predicted-label shares (the other) per job; an
+    evaluation whose predictions collapsed onto one label is marked with a red x on both."""
+    for i, (label, recs) in enumerate(series):
+        evals = [r for r in recs if r.get("eval_accuracy") is not None and r.get("step") is not None]
+        if not evals:
+            continue
+        steps = [r["step"] for r in evals]
+        for key, style in TASK_LINES:
+            ys = [r.get(key) for r in evals]
+            if any(y is not None for y in ys):
+                name = key.removeprefix("eval_").replace("macro_f1", "macro-F1").replace("auc", "AUC")
+                ax_scores.plot(steps, ys, style, color=f"C{i % 10}", marker="o", markersize=4, label=f"{label} {name}")
+        shares = evals[-1].get("eval_label_shares") or {}
+        for j, name in enumerate(shares):
+            ys = [(r.get("eval_label_shares") or {}).get(name) for r in evals]
+            ax_shares.plot(
+                steps,
+                ys,
+                ["-", "--", ":", "-."][j % 4],
+                color=f"C{i % 10}",
+                marker="o",
+                markersize=4,
+                label=f"{label}: {name}",
+            )
+        for r in evals:
+            if r.get("eval_collapsed"):
+                share = r["eval_label_shares"][r["eval_collapsed"]]
+                ax_shares.plot([r["step"]], [share], "x", color="red", markersize=10, markeredgewidth=2)
+                ax_shares.annotate(
+                    f"collapsed: {r['eval_collapsed']}",
+                    (r["step"], share),
+                    color="red",
+                    fontsize="small",
+                    xytext=(4, -12),
+                    textcoords="offset points",
+                )
+    for ax, title in ((ax_scores, "validation accuracy / macro-F1 / AUC"), (ax_shares, "predicted label shares")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+
+
 def _save_png(fig: Figure, out: str | os.PathLike) -> Path:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
@@ -181,7 +237,8 @@ def plot_metrics(
     figsize: tuple[float, float] = FIGSIZE,
     dpi: int = DPI,
 ) -> MetricsFigure:
-    """Plot train loss, eval loss, perplexity and learning rate against step for one job or several overlaid.
+    """Plot train loss, eval loss, perplexity and learning rate against step for one job or several overlaid,
+    plus validation accuracy / macro-F1 / AUC and the predicted-label shares when the jobs recorded task metrics.
 
     ``jobs`` is one job or a list of them: :class:`~ftkit.job.store.Job` objects, job ids (looked up in
     ``jobs_dir``), job folders or ``metrics.jsonl`` files. Lines are labelled with the job names; the top axis

@@ -63,6 +63,32 @@ def classification_metrics(gold: list[str], pred: list[str], labels: tuple[str, 
     }
 
 
+def margin_auc(gold: list[str], logprobs: list[list[float]], labels: tuple[str, ...]) -> float | None:
+    """How well the score margin log P(labels[0]) - log P(labels[1]) ranks gold labels[0] rows above gold
+    labels[1] rows (PubMedQA: yes above no): the area under the ROC curve, ties counting half. 0.5 is chance.
+
+    Unlike accuracy it cannot be raised by shifting every score the same way (a calibration, or a model that
+    learned only the label prior). None when either label has no gold rows.
+    """
+    if len(labels) < 2:
+        return None
+    pos = [lp[0] - lp[1] for g, lp in zip(gold, logprobs, strict=True) if g == labels[0]]
+    neg = [lp[0] - lp[1] for g, lp in zip(gold, logprobs, strict=True) if g == labels[1]]
+    if not pos or not neg:
+        return None
+    # rank statistic (Mann-Whitney U) over the sorted pooled margins, ties given their average rank
+    pooled = sorted([(m, 1) for m in pos] + [(m, 0) for m in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(pooled):
+        j = i
+        while j < len(pooled) and pooled[j][0] == pooled[i][0]:
+            j += 1
+        avg_rank = (i + 1 + j) / 2
+        rank_sum += avg_rank * sum(flag for _, flag in pooled[i:j])
+        i = j
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
 @dataclass
 class EvalResult:
     """One model's decisions on one data file, with metrics. ``str()`` gives text tables, notebooks HTML."""
@@ -83,6 +109,7 @@ class EvalResult:
     unparsed: int  # generated answers without a decision word
     collapsed: str | None  # the label taking >= 90% of predictions, else None
     seconds: float = 0.0  # model loading excluded
+    auc: float | None = None  # score margin AUC of labels[0] vs labels[1] (see margin_auc); scoring method only
     predictions_path: str | None = None
     metrics_path: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -162,9 +189,10 @@ class EvalResult:
         return cls_rows, conf_rows
 
     def headline(self) -> str:
+        auc = f"  AUC {self.labels[0]}-vs-{self.labels[1]} {self.auc:.3f}" if self.auc is not None else ""
         return (
             f"accuracy {self.accuracy:.3f}  macro-F1 {self.macro_f1:.3f} "
-            f"(over {', '.join(self.macro_over)})  "
+            f"(over {', '.join(self.macro_over)}){auc}  "
             f"N={self.n}"
         )
 

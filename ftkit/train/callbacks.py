@@ -37,6 +37,8 @@ class FtkitCallback(TrainerCallback):
         on_record=None,
         tokenizer=None,
         keep_best: bool = True,
+        task_scorer=None,
+        best_metric: str = "eval_loss",
     ):
         self.job = job
         self.writer = writer
@@ -45,6 +47,9 @@ class FtkitCallback(TrainerCallback):
         self.on_record = on_record
         self.tokenizer = tokenizer
         self.keep_best = keep_best
+        self.task_scorer = task_scorer  # a ftkit.train.tasks.TaskScorer, or None
+        self.best_metric = best_metric
+        self.last_eval: dict = {}
         self.trainer = None  # set by the engine: the trained-token counter lives on the trainer
         self.stop_reason: str | None = None
         self.bad_loss: tuple[int, float] | None = None
@@ -107,6 +112,11 @@ class FtkitCallback(TrainerCallback):
             record["eval_loss"] = loss
             record["perplexity"] = math.exp(loss) if _finite(loss) and loss < 700 else None
             self.last_eval_loss = loss
+            if self.task_scorer is not None and self.writer:
+                with self.trainer.accelerator.autocast():
+                    record.update(self.task_scorer(self.trainer.model))
+                self._log_task(record)
+            self.last_eval = record
         elif "loss" in logs:
             self.trained += self._take_trained_tokens()
             dt = max(now - self.t_last, 1e-9)
@@ -130,6 +140,32 @@ class FtkitCallback(TrainerCallback):
             self.job.update(progress={"step": state.global_step, "max_steps": state.max_steps})
         return control
 
+    def _log_task(self, r: dict) -> None:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in r["eval_label_shares"].items())
+        auc = "n/a" if r["eval_auc"] is None else f"{r['eval_auc']:.3f}"
+        self.job.log(
+            f"evaluation at step {r['step']}: eval_loss {r['eval_loss']:.4f}, accuracy {r['eval_accuracy']:.3f}, "
+            f"macro-F1 {r['eval_macro_f1']:.3f}, AUC {auc}; predicted {shares}"
+        )
+        if r["eval_collapsed"] is not None:
+            self.job.log(
+                f"WARNING: at step {r['step']} the validation predictions collapsed onto {r['eval_collapsed']!r} "
+                f"({r['eval_label_shares'][r['eval_collapsed']]:.0%}): the model is answering the label prior, "
+                "not reading the prompt"
+            )
+
+    def _better(self, new: dict, prev: dict | None) -> bool:
+        """Whether evaluation ``new`` beats the best so far: lowest eval_loss, or highest task metric (ties: the
+        lower eval_loss)."""
+        if prev is None:
+            return True
+        if self.best_metric == "eval_loss":
+            return new["eval_loss"] < prev["eval_loss"]
+        if new.get(self.best_metric) is None:
+            return False
+        old = prev.get(self.best_metric)
+        return old is None or (new[self.best_metric], -new["eval_loss"]) > (old, -prev["eval_loss"])
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
         if not self.writer or not self.keep_best or not _finite(loss) or model is None:
@@ -140,13 +176,22 @@ class FtkitCallback(TrainerCallback):
         except (OSError, ValueError):
             prev = None
         # A "best" recorded after the step we are at came from a run we resumed before: it no longer counts.
-        if prev is not None and prev["step"] <= state.global_step and prev["eval_loss"] <= loss:
+        if prev is not None and prev["step"] > state.global_step:
+            prev = None
+        new = {
+            "step": state.global_step,
+            "metric": self.best_metric,
+            "eval_loss": loss,
+            **{k: v for k, v in self.last_eval.items() if k.startswith("eval_") and k != "eval_loss"},
+        }
+        new["value"] = new.get(self.best_metric)
+        if not self._better(new, prev):
             return
         with atomic_dir(best) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            write_json(tmp / "best.json", {"step": state.global_step, "eval_loss": loss})
+            write_json(tmp / "best.json", new)
 
     def raise_if_stopped(self) -> None:
         if self.bad_loss is not None:

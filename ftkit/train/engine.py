@@ -33,6 +33,7 @@ from ftkit.models.loading import ensure_pad_token
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.plan import batching_for, eval_schedule, job_rows, step_plan
 from ftkit.train.signals import StopSignals
+from ftkit.train.tasks import TaskScorer, decision_task
 from ftkit.train.trainer import build_model, make_trainer, trainer_arguments
 
 # Local settings that change how a job is run or reported but not what it learns: a resume may change them.
@@ -67,6 +68,7 @@ class Run:
     total_steps: int = 0
     evaluations: tuple[int, ...] = ()
     batching: str = "padded"
+    task_scorer: TaskScorer | None = None
     # set by fit
     trainer: Any = None
     callback: FtkitCallback | None = None
@@ -221,6 +223,10 @@ def encode(run: Run) -> None:
     )
     run.log(f"train: {run.train_rows.summary()}")
     run.log(f"validation: {run.validation_rows.summary()}")
+    task, why = decision_task(spec, rows)
+    run.log(why)
+    if task is not None:
+        run.task_scorer = TaskScorer(task, run.tokenizer, rows.validation_prompts)
 
     run.micro, run.accumulation, per_epoch, run.total_steps = step_plan(spec, len(run.train_rows.examples), run.world)
     run.evaluations = tuple(eval_schedule(run.total_steps, hp.n_evals, bool(run.validation_rows.examples)))
@@ -278,6 +284,8 @@ def fit(run: Run) -> None:
         on_record=run.on_record,
         tokenizer=run.tokenizer,
         keep_best=hp.best_checkpoints,
+        task_scorer=run.task_scorer,
+        best_metric=local.best_metric,
     )
     run.trainer = make_trainer(
         run.model,
@@ -302,7 +310,8 @@ def save_result(run: Run) -> None:
             with atomic_dir(job.model_dir) as tmp:
                 shutil.copytree(best, tmp, dirs_exist_ok=True)
             result = json.loads((best / "best.json").read_text())
-            run.log(f"result: best checkpoint (step {result['step']}, eval_loss {result['eval_loss']:.4f})")
+            result["why"] = _why_best(result, run.job.metrics())
+            run.log(f"result: best checkpoint (step {result['step']}): {result['why']}")
         else:
             with atomic_dir(job.model_dir) as tmp:
                 trainer.model.save_pretrained(tmp, safe_serialization=True)
@@ -323,6 +332,15 @@ def save_result(run: Run) -> None:
 
 
 PHASES = (start, load_model, encode, fit, save_result)
+
+
+def _why_best(best: dict, records: list[dict]) -> str:
+    """Why the best checkpoint won, e.g. "highest eval_macro_f1 (0.512) of 4 evaluations; eval_loss 0.49"."""
+    metric = best.get("metric", "eval_loss")
+    n = sum(1 for r in records if r.get("eval_loss") is not None)
+    word = "lowest" if metric == "eval_loss" else "highest"
+    text = f"{word} {metric} ({best.get(metric, best.get('eval_loss')):.4f}) of {n} evaluation(s)"
+    return text if metric == "eval_loss" else f"{text}; eval_loss there {best['eval_loss']:.4f}"
 
 
 # ------------------------------------------------------------------------------------------- entry point

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import NamedTuple
 
+from ftkit.data.labels import DEFAULT_LABEL_COLUMN
 from ftkit.errors import FtkitError, UsageError
 
 
@@ -17,7 +18,8 @@ class RowsError(FtkitError, ValueError):
 
 
 class JobRows(NamedTuple):
-    """The rows a job trains and evaluates on; prompts are None without a prompt column."""
+    """The rows a job trains and evaluates on; prompts are None without a prompt column, label values None
+    without a label column (see :func:`label_column_of`)."""
 
     prompts: list[str] | None
     answers: list[str]
@@ -25,18 +27,30 @@ class JobRows(NamedTuple):
     validation_answers: list[str]
     held_out: bool
     """True when the validation rows are 1% of the training rows (there is no validation file)."""
+    label_values: list[str] | None = None
+    validation_label_values: list[str] | None = None
 
 
-def read_rows(path: Path, prompt_column: str | None, answer_column: str) -> tuple[list[str] | None, list[str]]:
-    """(prompts or None, answers) of a CSV, every value as text."""
+def label_column_of(spec, header: list[str]) -> str | None:
+    """The column holding gold labels: local.label_column (which must exist), else final_decision when present."""
+    named = spec.local.label_column
+    if named:
+        return named
+    return DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in header else None
+
+
+def read_rows(path: Path, prompt_column: str | None, answer_column: str, spec=None):
+    """(prompts or None, answers, label column values or None) of a CSV, every value as text."""
     import pandas as pd
 
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in (prompt_column, answer_column) if c and c not in df.columns]
+    label_column = label_column_of(spec, list(df.columns)) if spec is not None else None
+    missing = [c for c in (prompt_column, answer_column, label_column) if c and c not in df.columns]
     if missing:
         raise RowsError(f"{path}: column(s) {missing} not found; the header has {list(df.columns)}")
     prompts = df[prompt_column].tolist() if prompt_column else None
-    return prompts, df[answer_column].tolist()
+    labels = df[label_column].tolist() if label_column else None
+    return prompts, df[answer_column].tolist(), labels
 
 
 def holdout(n: int, seed: int) -> list[int]:
@@ -48,18 +62,28 @@ def holdout(n: int, seed: int) -> list[int]:
 def job_rows(spec, files) -> JobRows:
     """The job's rows: local.max_train_rows first, then the 1% hold-out when there is no validation file."""
     ds, local = spec.dataset, spec.local_settings()
-    prompts, answers = read_rows(files.train, ds.prompt_column, ds.answer_column)
+    prompts, answers, labels = read_rows(files.train, ds.prompt_column, ds.answer_column, spec)
     if local.max_train_rows:
-        prompts = prompts[: local.max_train_rows] if prompts is not None else None
-        answers = answers[: local.max_train_rows]
+        prompts, answers, labels = (
+            None if xs is None else xs[: local.max_train_rows] for xs in (prompts, answers, labels)
+        )
     if files.validation is not None:
-        return JobRows(prompts, answers, *read_rows(files.validation, ds.prompt_column, ds.answer_column), False)
+        v_prompts, v_answers, v_labels = read_rows(files.validation, ds.prompt_column, ds.answer_column, spec)
+        return JobRows(prompts, answers, v_prompts, v_answers, False, labels, v_labels)
     held = set(holdout(len(answers), local.seed))
 
     def pick(xs, keep):
         return None if xs is None else [x for i, x in enumerate(xs) if (i in held) == keep]
 
-    return JobRows(pick(prompts, False), pick(answers, False), pick(prompts, True), pick(answers, True), True)
+    return JobRows(
+        pick(prompts, False),
+        pick(answers, False),
+        pick(prompts, True),
+        pick(answers, True),
+        True,
+        pick(labels, False),
+        pick(labels, True),
+    )
 
 
 def step_plan(spec, n_train: int, world: int = 1) -> tuple[int, int, int, int]:

@@ -1,0 +1,129 @@
+"""Task metrics during training (accuracy, macro-F1, AUC, shares at every evaluation) and checkpoint selection by
+them, on the tiny random Llama; the label reading they share with evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+
+import pytest
+
+from ftkit.data.labels import LabelReader
+from ftkit.export.stage import export_job
+from ftkit.job.problems import JobSpecError
+from ftkit.job.spec import load_job
+from ftkit.job.store import JobError
+from ftkit.results.scores import margin_auc
+from ftkit.train.engine import train
+from tests.test_train import make_spec
+
+TASK = ("eval_accuracy", "eval_macro_f1", "eval_auc", "eval_label_shares", "eval_collapsed")
+
+
+def evals(job) -> list[dict]:
+    return [r for r in job.metrics() if r["eval_loss"] is not None]
+
+
+def test_label_reader_takes_the_column_first_then_the_answers_first_word():
+    r = LabelReader(("yes", "no", "maybe"))
+    assert r.row_label("No", "yes. it does") == "no"
+    assert r.row_label("", "Maybe. unclear") == "maybe"
+    assert r.row_label(None, "yesterday it rained") is None  # whole words only
+    assert r.row_label("perhaps", "yes") is None  # a column value that is not a label is not replaced
+
+
+def test_margin_auc_counts_ties_half_and_ignores_other_labels():
+    gold = ["yes", "no", "yes", "no", "maybe"]
+    logps = [[0, -1, 0], [-1, 0, 0], [0.5, 0, 0], [0.5, 0, 0], [9, -9, 0]]
+    assert margin_auc(gold, logps, ("yes", "no", "maybe")) == pytest.approx(3.5 / 4)
+    assert margin_auc(["yes", "yes"], [[0, 1, 0], [1, 0, 0]], ("yes", "no", "maybe")) is None
+
+
+def test_every_evaluation_records_task_metrics_and_the_log_says_where_labels_came_from(tmp_path, tiny_model_dir):
+    job = train(make_spec(tmp_path, tiny_model_dir, n_evals=2, n_epochs=2), quiet=True)
+    rows = evals(job)
+    assert [r["step"] for r in rows] == [6, 12]
+    for r in rows:
+        assert 0 <= r["eval_accuracy"] <= 1 and 0 <= r["eval_macro_f1"] <= 1 and 0 <= r["eval_auc"] <= 1
+        assert set(r["eval_label_shares"]) == {"yes", "no", "maybe"}
+        assert sum(r["eval_label_shares"].values()) == pytest.approx(1, abs=1e-3)
+        assert r["eval_collapsed"] in (None, "yes", "no", "maybe")
+    assert all(r[k] is None for r in job.metrics() if r["train_loss"] is not None for k in TASK)
+    log = (job.path / "job.log").read_text()
+    assert "task metrics on: labels ['yes', 'no', 'maybe'] from the answers' first words" in log
+    assert log.count("evaluation at step") == 2
+
+
+def test_free_text_answers_train_without_task_metrics(tmp_path, tiny_model_dir):
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"max_steps": 2})
+    for name in ("train.csv", "validation.csv"):
+        p = tmp_path / "data" / name
+        text = p.read_text().replace(",yes", ",it is even").replace(",no", ",it is odd")
+        p.write_text(text)
+    job = train(spec, quiet=True)
+    assert job.status == "completed"
+    assert all(r[k] is None for r in job.metrics() for k in TASK)
+    assert "task metrics off: 6 of 6 validation rows" in (job.path / "job.log").read_text()
+
+
+def test_a_label_column_gives_the_gold_labels(tmp_path, tiny_model_dir):
+    data = tmp_path / "reviews"
+    data.mkdir()
+    for name, n in (("train.csv", 12), ("validation.csv", 4)):
+        with open(data / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["prompt", "answer", "sentiment"])
+            for i in range(n):
+                w.writerow(
+                    [f"Review {i}: {'great' if i % 2 else 'awful'} film", "A short review.", "pos neg".split()[i % 2]]
+                )
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"labels": ["pos", "neg"], "label_column": "sentiment"})
+    spec["dataset"]["id"] = str(data)
+    job = train(spec, quiet=True)
+    (row,) = evals(job)
+    assert set(row["eval_label_shares"]) == {"pos", "neg"}
+    assert "labels ['pos', 'neg'] from column sentiment" in (job.path / "job.log").read_text()
+
+
+def test_asking_for_labels_the_rows_lack_fails_before_training_and_names_the_rows(tmp_path, tiny_model_dir):
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"labels": ["even", "odd"]})
+    with pytest.raises(JobError, match=r"6 of 6 validation rows \(first: \[1, 2, 3, 4, 5\]\) have no label"):
+        train(spec, quiet=True)
+
+
+def test_a_task_best_metric_with_labels_turned_off_is_a_spec_problem(tmp_path, tiny_model_dir):
+    spec = make_spec(tmp_path, tiny_model_dir, local={"labels": [], "best_metric": "eval_macro_f1"})
+    with pytest.raises(JobSpecError, match=r"local\.best_metric: is a task metric, but local\.labels \[\]"):
+        load_job(spec)
+
+
+def test_best_checkpoint_by_macro_f1_is_the_highest_macro_f1_and_the_record_says_why(tmp_path, tiny_model_dir):
+    spec = make_spec(
+        tmp_path,
+        tiny_model_dir,
+        n_evals=4,
+        n_epochs=2,
+        best_checkpoints=True,
+        learning_rate=1e-2,
+        local={"best_metric": "eval_macro_f1"},
+    )
+    job = train(spec, quiet=True)
+    rows = evals(job)
+    best = max(rows, key=lambda r: (r["eval_macro_f1"], -r["eval_loss"]))
+    result = job.record["result"]
+    assert result["step"] == best["step"] and result["metric"] == "eval_macro_f1"
+    assert result["value"] == pytest.approx(best["eval_macro_f1"])
+    assert result["why"].startswith(f"highest eval_macro_f1 ({best['eval_macro_f1']:.4f}) of 4 evaluation(s)")
+    saved = json.loads((job.model_dir / "best.json").read_text())
+    assert saved["step"] == best["step"] and saved["eval_macro_f1"] == pytest.approx(best["eval_macro_f1"])
+    assert f"result: best checkpoint (step {best['step']})" in (job.path / "job.log").read_text()
+
+
+def test_metrics_csv_of_an_export_writes_label_shares_as_json(tmp_path, tiny_model_dir):
+    job = train(make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"max_steps": 2}), quiet=True)
+    with tarfile.open(export_job(job.path, tmp_path / "x.tar.gz", quiet=True)) as tar:
+        text = tar.extractfile("metrics.csv").read().decode()
+    last = list(csv.DictReader(text.splitlines()))[-1]
+    assert json.loads(last["eval_label_shares"]).keys() == {"yes", "no", "maybe"}
+    assert float(last["eval_accuracy"]) >= 0
