@@ -98,6 +98,28 @@ def test_overlay_of_two_synthetic_jobs_has_one_line_per_job_in_each_panel(two_jo
     assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_task_metrics_get_their_own_panels_and_a_collapse_is_marked(tmp_path):
+    records = synthetic_records(10, 5, 5, 4.0)
+    shares = [{"yes": 0.95, "no": 0.05, "maybe": 0.0}, {"yes": 0.6, "no": 0.3, "maybe": 0.1}]
+    evals = [r for r in records if r["eval_loss"] is not None]
+    for r, sh, acc in zip(evals, shares, (0.55, 0.62), strict=True):
+        r.update(eval_accuracy=acc, eval_macro_f1=acc - 0.2, eval_auc=acc + 0.05, eval_label_shares=sh)
+        r["eval_collapsed"] = "yes" if sh["yes"] >= 0.9 else None
+    job = write_job(tmp_path / "runs", "job-t", "tuned", records)
+    fig = plot_metrics(str(job))
+    panels = lines_by_panel(fig)
+    assert {"validation accuracy / macro-F1 / AUC", "predicted label shares", "eval loss"} <= set(panels)
+    scores = panels["validation accuracy / macro-F1 / AUC"]
+    assert [ln.get_label() for ln in scores] == ["tuned accuracy", "tuned macro-F1", "tuned AUC"]
+    assert list(scores[0].get_ydata()) == [0.55, 0.62] and list(scores[0].get_xdata()) == [5, 10]
+    share_lines = panels["predicted label shares"]
+    assert [ln.get_label() for ln in share_lines][:3] == ["tuned: yes", "tuned: no", "tuned: maybe"]
+    marks = [ln for ln in share_lines if ln.get_marker() == "x"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [5]  # only the collapsed evaluation
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "collapsed: yes" in texts
+
+
 def test_metrics_file_and_jobs_sharing_a_name(tmp_path):
     recs = synthetic_records(4, 2, 2, 2.0)
     a = write_job(tmp_path / "r1", "x", "same", recs)
