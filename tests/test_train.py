@@ -364,3 +364,22 @@ def test_loss_on_target_positions_only_matches_the_models_own_loss(tmp_path, tin
     assert n_targets == rows.n_trained_tokens
     _, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
     assert out.logits.shape == (n_targets, len(tok))  # only the target positions were projected
+
+
+def test_trainable_layers_adapts_only_the_last_layers_and_rejects_too_many(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    job = train(make_spec(tmp_path, tiny_model_dir, local={"max_steps": 1, "trainable_layers": 1}), quiet=True)
+    names = list(load_file(job.model_dir / "adapter_model.safetensors"))
+    assert names and all(".layers.1." in n for n in names)  # the tiny model has layers 0 and 1
+    assert "LoRA: 8,192 trainable" not in (job.path / "job.log").read_text()  # half the all-layer count
+    assert job.record["parameters"]["trainable"] == 4096
+
+    full = make_spec(tmp_path, tiny_model_dir, name="full1", lora={"enabled": False}, local={"max_steps": 1})
+    full["local"]["trainable_layers"] = 1
+    rec = train(full, quiet=True).record
+    assert rec["parameters"]["trainable"] < rec["parameters"]["total"] / 2  # embeddings and layer 0 frozen
+
+    bad = make_spec(tmp_path, tiny_model_dir, name="bad", local={"max_steps": 1, "trainable_layers": 3})
+    with pytest.raises(jobstore.JobError, match="trainable_layers is 3, but the model has only 2 transformer layers"):
+        train(bad, quiet=True)

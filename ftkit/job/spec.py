@@ -197,6 +197,10 @@ class LocalSettings(_Section):
     """Compile the model with torch.compile (faster steps on recent GPUs after a slow first step)."""
     save_steps: Int | None = Field(None, ge=1)
     """Write a resumable checkpoint every this many optimizer steps. null = about ten per run."""
+    trainable_layers: Int | None = Field(None, ge=1)
+    """Train only the last N transformer layers: their LoRA adapters, or with lora.enabled false their weights (and
+    the final norm). The layers below stay frozen and backpropagation stops above them, so a step costs less (the
+    bundled model with 8 of its 30 layers: about 2.4x faster steps on a CPU). null = every layer."""
     labels: list[str] | None = Field(
         None, json_schema_extra={"allowed": "a list of at least two distinct words, [] (off), or null (auto)"}
     )

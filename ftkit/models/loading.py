@@ -18,6 +18,10 @@ class TokenizerError(FtkitError, ValueError):
     """A model's tokenizer cannot be loaded, or lacks the chat template ftkit formats rows with."""
 
 
+class LayerChoiceError(FtkitError, ValueError):
+    """Last layers were asked for that the model does not have."""
+
+
 def torch_dtype(name: str):
     """The torch dtype of "fp32", "bf16" or "fp16"."""
     import torch
@@ -92,19 +96,62 @@ def load_model(
     return model, tokenizer, info
 
 
-def apply_lora(model, r: int, alpha: int, dropout: float, modules: list[str] | None):
-    """Wrap ``model`` with peft LoRA adapters; an empty module list means every linear layer ("all-linear")."""
+def apply_lora(model, r: int, alpha: int, dropout: float, modules: list[str] | None, last_layers: int | None = None):
+    """Wrap ``model`` with peft LoRA adapters; an empty module list means every linear layer ("all-linear").
+
+    ``last_layers`` puts adapters on the last N transformer layers only (see :func:`top_layers`).
+    """
     from peft import LoraConfig, get_peft_model
 
+    layers = top_layers(model, last_layers)
+    if layers is not None and not modules:  # peft takes a layer list only with named modules
+        modules = layer_linear_names(model)
     cfg = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=list(modules) if modules else ALL_LINEAR,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
         bias="none",
     )
     return get_peft_model(model, cfg)
+
+
+def top_layers(model, last_layers: int | None) -> list[int] | None:
+    """Indexes of the last ``last_layers`` transformer layers (None: every layer, no restriction)."""
+    if last_layers is None:
+        return None
+    n = getattr(model.config, "num_hidden_layers", None)
+    if not n:
+        raise LayerChoiceError(
+            f"{type(model).__name__} has no num_hidden_layers in its config, so last layers cannot be picked"
+        )
+    if last_layers > n:
+        raise LayerChoiceError(
+            f"local.trainable_layers is {last_layers}, but the model has only {n} transformer layers"
+        )
+    return list(range(n - last_layers, n))
+
+
+def layer_linear_names(model) -> list[str]:
+    """The names of the linear projections inside the transformer layers (q_proj, ..., down_proj for Llama)."""
+    import torch.nn as nn
+
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if ".layers." in n and isinstance(m, nn.Linear)}
+    )
+
+
+def freeze_all_but_last_layers(model, last_layers: int | None) -> None:
+    """Full fine-tuning of the last N layers: every other weight (embeddings, lower layers) stops training."""
+    layers = top_layers(model, last_layers)
+    if layers is None:
+        return
+    wanted = tuple(f".layers.{i}." for i in layers)
+    for name, p in model.named_parameters():
+        # the final norm sits above the last layer, so it trains with them
+        p.requires_grad = any(w in name for w in wanted) or name.endswith(("model.norm.weight", "model.norm.bias"))
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -316,7 +316,7 @@ def _tokens(est: Estimate, spec, info, rows):
 def _memory(est: Estimate, spec, info) -> None:
     hp, local = spec.hyperparameters, spec.local_settings()
     try:
-        shape = model_shape(info, hp.lora, local.trust_remote_code)
+        shape = model_shape(info, hp.lora, local.trust_remote_code, local.trainable_layers)
     except Exception as e:
         est.missing.append(
             f"memory: the config of {info.name} cannot be read from {_source(info)} "

@@ -7,7 +7,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from ftkit.models.loading import apply_lora, count_parameters
+from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 1024**3
@@ -52,7 +52,7 @@ class Memory:
         return self.weights + self.gradients + self.optimizer + self.activations + self.logits
 
 
-def model_shape(info, lora, trust_remote_code: bool = False) -> dict:
+def model_shape(info, lora, trust_remote_code: bool = False, last_layers: int | None = None) -> dict:
     """Layers, hidden size, heads, vocabulary and parameter counts, from ``config.json`` alone: the model is
     built on torch's meta device (no weights are read or downloaded)."""
     import torch
@@ -63,7 +63,9 @@ def model_shape(info, lora, trust_remote_code: bool = False) -> dict:
         warnings.simplefilter("ignore", FutureWarning)  # peft asks a deprecated transformers property
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
         if lora.enabled:
-            model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.trainable_modules)
+            model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.trainable_modules, last_layers)
+        else:
+            freeze_all_but_last_layers(model, last_layers)
     trainable, total = count_parameters(model)
     text = getattr(cfg, "text_config", None) or cfg
     return {

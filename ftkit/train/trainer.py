@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from ftkit.data.encoding import collator_for
 from ftkit.models.device import Precision
-from ftkit.models.loading import apply_lora, count_parameters, load_model
+from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
 
 
 def build_model(spec, precision: Precision):
@@ -28,7 +28,10 @@ def build_model(spec, precision: Precision):
     )
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask
     if hp.lora.enabled:
-        model = apply_lora(model, hp.lora.r, hp.lora.alpha, hp.lora.dropout, hp.lora.trainable_modules)
+        lora = hp.lora
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.trainable_modules, local.trainable_layers)
+    else:
+        freeze_all_but_last_layers(model, local.trainable_layers)
     return model, tokenizer, info, count_parameters(model)
 
 
