@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 import torch
@@ -24,6 +25,20 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def step_line(record: dict, max_steps: int) -> str:
+    """One metric record as the line the command line prints: ``ftkit: step 3/6 train_loss 1.234 ...``."""
+    shown = (
+        ("train_loss", "train_loss {:.4f}"),
+        ("eval_loss", "eval_loss {:.4f}"),
+        ("perplexity", "perplexity {:.2f}"),
+        ("learning_rate", "lr {:.3g}"),
+        ("grad_norm", "grad_norm {:.3g}"),
+        ("tokens_per_second", "{:.0f} tokens/s"),
+    )
+    parts = [fmt.format(record[k]) for k, fmt in shown if record.get(k) is not None]
+    return f"ftkit: step {record['step']}/{max_steps} " + " ".join(parts)
+
+
 class FtkitCallback(TrainerCallback):
     """Writes a metrics.jsonl record per logged step and evaluation, evaluates and checkpoints on the job's
     schedule, keeps the best adapter (``keep_best``), and stops on a cancel request or a NaN/inf loss."""
@@ -37,6 +52,7 @@ class FtkitCallback(TrainerCallback):
         on_record=None,
         tokenizer=None,
         keep_best: bool = True,
+        echo: bool = False,
     ):
         self.job = job
         self.writer = writer
@@ -45,6 +61,7 @@ class FtkitCallback(TrainerCallback):
         self.on_record = on_record
         self.tokenizer = tokenizer
         self.keep_best = keep_best
+        self.echo = echo  # print one line per logged step (the command line; a notebook shows the Trainer's table)
         self.trainer = None  # set by the engine: the trained-token counter lives on the trainer
         self.stop_reason: str | None = None
         self.bad_loss: tuple[int, float] | None = None
@@ -128,6 +145,10 @@ class FtkitCallback(TrainerCallback):
         self._emit(record)
         if self.writer:
             self.job.update(progress={"step": state.global_step, "max_steps": state.max_steps})
+            if self.echo:
+                from tqdm import tqdm  # writes above a progress bar when there is one
+
+                tqdm.write(step_line(record, state.max_steps), file=sys.stdout)
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
