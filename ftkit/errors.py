@@ -8,6 +8,12 @@ code that caught those still works.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
+# a Hugging Face access token: shown nowhere, whichever option or variable it came in
+TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
 
 class FtkitError(Exception):
     """Something ftkit cannot do as asked; the message says what and what would work."""
@@ -19,3 +25,11 @@ class UsageError(FtkitError, ValueError):
     """An argument that cannot be used as given (the command line exits 2, like argparse)."""
 
     exit_code = 2
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` and anything shaped like a Hugging Face token replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return TOKEN_PATTERN.sub("***", text)

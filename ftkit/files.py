@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves nothing behind."""
+"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves nothing behind.
+
+The temporary files and folders are created private (0600/0700, as :mod:`tempfile` makes them); what is renamed into
+place gets the mode any file the user writes gets, 0666/0777 less the umask (0644/0755 under the usual 022), so
+results can be shared on a team machine. ftkit writes no secrets to disk.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,33 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _mode(Path(tmp)))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode(path: Path) -> int:
+    """The mode a file or folder would have had if created plainly: 0666 (0777 for folders and executables) less
+    the umask."""
+    executable = path.is_dir() or path.stat().st_mode & 0o111
+    return (0o777 if executable else 0o666) & ~umask()
+
+
+def honour_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes plain creation would have (see :func:`_mode`)."""
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, _mode(p))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -50,6 +77,7 @@ def atomic_dir(path: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        honour_umask(tmp)  # mkdtemp's 0700, and files that libraries wrote through their own temporary files
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

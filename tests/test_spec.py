@@ -705,7 +705,8 @@ def test_fields_table_covers_every_field():
 
 
 def test_check_job_cli(tmp_path, capsys):
-    _csv(tmp_path / "data" / "train.csv", "question,answer\nq,a\n")
+    # two rows: check-job runs the data checks, and one row leaves nothing to train on after the 1% hold-out
+    _csv(tmp_path / "data" / "train.csv", "question,answer\nq,a\nr,b\n")
     job = tmp_path / "job.json"
     job.write_text(
         json.dumps(

@@ -218,7 +218,7 @@ def test_interrupt_cancels_keeps_checkpoint_and_resumes(tmp_path, tiny_model_dir
     proc = _train_process(tmp_path, spec)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert f"resuming at step {stopped_at}" in out
+    assert f"resuming at step {stopped_at}" in (job_dir / "job.log").read_text()  # --quiet prints only the result
     job = jobstore.get_job(str(job_dir))
     assert job.status == "completed"
     _assert_contiguous(job, 100)
@@ -231,12 +231,14 @@ def test_kill9_mid_epoch_resumes(tmp_path, tiny_model_dir):
     _wait_for_steps(job_dir, 8, proc)
     proc.kill()
     proc.wait()
-    assert jobstore.get_job(str(job_dir)).status == "running"  # nobody could record anything
+    job = jobstore.get_job(str(job_dir))
+    assert job.record["status"] == "running"  # nobody could record anything...
+    assert job.status == "failed" and job.error == jobstore.INTERRUPTED  # ...but every reader sees it ended
 
     proc = _train_process(tmp_path, spec)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert "resuming at step" in out
+    assert "resuming at step" in (job_dir / "job.log").read_text()
     job = jobstore.get_job(str(job_dir))
     assert job.status == "completed"
     _assert_contiguous(job, 100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ftkit.cookbook.runner import parse_parameters, run_suite, sweep
 
 
@@ -11,7 +13,8 @@ def _demo(args) -> int:
 
 
 def _notebooks_run(args) -> int:
-    run = run_suite(args.out, parse_parameters(args.p), only=args.only, data_dir=args.data_dir, progress=not args.quiet)
+    params = parse_parameters(args.p, args.stray)
+    run = run_suite(args.out, params, only=args.only, data_dir=args.data_dir, progress=not args.quiet)
     print(run)
     return 0
 
@@ -38,6 +41,7 @@ def add_parsers(sub) -> None:
         metavar="KEY=VALUE",
         help="notebook parameter (repeatable); values read as YAML scalars",
     )
+    r.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # `-p key value`: refused with the KEY=VALUE form
     r.add_argument("--only", default=None, help="comma-separated notebooks to run, e.g. 02,03")
     r.add_argument("--data-dir", default=None, help="use an already prepared PubMedQA folder")
     r.add_argument("--quiet", action="store_true")

@@ -24,6 +24,11 @@ def _prepare_pubmedqa(args) -> int:
     )
     print(f"PubMedQA ({args.subset}) written to {ds.out} (rows per split and label):")
     print(ds.summary())
+    if args.max_train is not None and args.max_validation is None and args.subset != "unlabeled":
+        print(
+            f"note: --max-train subsamples the training rows only; validation keeps its {args.validation} rows "
+            "(--max-validation N subsamples it too)"
+        )
     return 0
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ftkit.export.hub import push_to_hub
+from ftkit.errors import UsageError
+from ftkit.export.hub import TOKEN_HOWTO, push_to_hub
 from ftkit.export.stage import export_job
 
 
@@ -13,6 +14,8 @@ def _export(args) -> int:
 
 
 def _push(args) -> int:
+    if args.token is not None:
+        raise UsageError(f"--token is not accepted. {TOKEN_HOWTO}")
     url = push_to_hub(
         args.job,
         repo_id=args.repo_id,
@@ -49,6 +52,12 @@ def add_parsers(sub) -> None:
         "--token-env",
         default=None,
         help="environment variable holding the token (default: HF_TOKEN or `hf auth login`)",
+    )
+    h.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="refused: a token on the command line is visible to other users (ps, shell history); use HF_TOKEN",
     )
     h.add_argument("--merged", action="store_true", help="push the merged model instead of the adapter")
     h.add_argument("--public", action="store_true", help="create the repo public (default: private)")

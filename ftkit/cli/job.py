@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ftkit.job.datacheck import JobDataError, check_job_data, warning_lines
 from ftkit.job.problems import JobSpecError, JobSpecWarning
 from ftkit.job.spec import load_job
 from ftkit.models import bundled
@@ -29,11 +30,12 @@ def _check_job(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", JobSpecWarning)  # printed below as notes instead
         spec = load_job(Path(args.job))
-    files = None
+    files = report = None
     if not args.no_files:
         try:
             files = spec.dataset_files()
-        except JobSpecError as e:
+            report = check_job_data(spec, files)
+        except (JobSpecError, JobDataError) as e:
             e.hint = "use --no-files to check the body without its data files"
             raise
     print(json.dumps(spec.normalized(), indent=2))
@@ -46,6 +48,8 @@ def _check_job(args) -> int:
         )
     for n in spec.notes:
         print(f"note: {n}", file=sys.stderr)
+    for line in warning_lines(report) if report is not None else []:
+        print(line, file=sys.stderr)
     print(f"ok: {args.job} is a valid job", file=sys.stderr)
     return 0
 

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+from ftkit.job.datacheck import check_job_data
+from ftkit.job.problems import JobSpecWarning
 from ftkit.job.spec import load_job
-from ftkit.job.store import cancel, get_job, jobs_table
+from ftkit.job.store import cancel, get_job, job_for_file, jobs_table
 from ftkit.train.estimate import estimate
 
 
 def _train(args) -> int:
-    spec = load_job(args.job)  # a bad job file is reported before torch and transformers load (seconds)
+    # a bad job file or bad data is reported before torch and transformers load (seconds) and before a job folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JobSpecWarning)  # printed below as notes, not as Python warnings
+        spec = load_job(args.job)
+    for note in [] if args.quiet else spec.notes:
+        print(f"ftkit: note: {note}")
+    report = check_job_data(spec)
     from ftkit.train.engine import train  # heavy: torch and transformers load here
 
-    job = train(spec, jobs_dir=args.jobs_dir, fresh=args.fresh, quiet=args.quiet)
+    job = train(spec, jobs_dir=args.jobs_dir, fresh=args.fresh, quiet=args.quiet, data_report=report)
     print(f"job {job.id}: {job.status} -> {job.model_dir}")
     return 0
 
 
 def _jobs(args) -> int:
-    df = jobs_table(args.jobs_dir, args.status)
+    root = args.jobs_dir or (job_for_file(args.job_file).path.parent if args.job_file else None)
+    df = jobs_table(root, args.status)
     print(df.to_string(index=False) if len(df) else "no jobs")
     return 0
 
 
 def _show(args) -> int:
-    rec = get_job(args.id, args.jobs_dir).record
+    rec = get_job(args.id, args.jobs_dir).state
     rec.pop("fingerprint", None)
     print(json.dumps(rec, indent=2))
     return 0
@@ -59,6 +69,7 @@ def add_training(sub) -> None:
     t.set_defaults(func=_train)
 
     j = sub.add_parser("jobs", help="list jobs")
+    j.add_argument("job_file", nargs="?", help="list the jobs where this job file's jobs go (its local.output_dir)")
     j.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
     j.add_argument("--jobs-dir", default=None)
     j.set_defaults(func=_jobs)
@@ -69,7 +80,7 @@ def add_training(sub) -> None:
         ("cancel", _cancel, "ask a running job to stop after its current step (keeps a checkpoint)"),
     ):
         v = sub.add_parser(verb, help=help_)
-        v.add_argument("id", help="job id (its name, made filesystem-safe) or job folder")
+        v.add_argument("id", help="job id (its name, made filesystem-safe), job folder, or the job file it ran from")
         v.add_argument("--jobs-dir", default=None)
         if verb == "metrics":
             v.add_argument("--json", action="store_true", help="JSON lines instead of a table")

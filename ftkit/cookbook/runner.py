@@ -8,6 +8,7 @@ summary table (CSV + plot). One failed run is reported and does not stop the oth
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import os
@@ -31,6 +32,9 @@ NOTEBOOKS = (
 )
 SWEEP_NOTEBOOKS = ("02_configure_job", "03_train_local", "05_export_and_evaluate")
 KERNEL = "python3"
+# the kernel's own log (that it talks over local TCP, that papermill's shutdown interrupted it) is nothing a user of
+# the cookbook can act on; a cell's error reaches them through papermill, a dead kernel as papermill's error
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class NotebooksMissing(FtkitError, FileNotFoundError):
@@ -44,17 +48,55 @@ def notebooks_dir() -> Path:
     return d
 
 
-def parse_parameters(pairs: list[str]) -> dict:
-    """``key=value`` strings to a dict; values are read as YAML scalars (numbers, true/false, null, lists)."""
+class NotebookFailed(FtkitError, RuntimeError):
+    """A cookbook notebook raised in one of its cells."""
+
+
+PARAMETER_FORM = "one -p key=value per parameter; values are read as YAML: 3, 5e-4, true, null, [a, b]"
+
+
+def parse_parameters(pairs: list[str], stray: list[str] = ()) -> dict:
+    """``key=value`` strings to a dict; values are read as YAML scalars (numbers, true/false, null, lists).
+    ``stray``: command-line words that followed them without a ``-p`` (``-p batch_size 3``), refused with the
+    form that works."""
     import yaml
 
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise UsageError(f"parameter {pair!r} is not key=value")
+            example = f"{pair}={stray[0]}" if stray else f"{pair}=VALUE"
+            raise UsageError(f"-p {pair!r} is not key=value: write -p {example} ({PARAMETER_FORM})")
         k, v = pair.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
+    if stray:
+        raise UsageError(f"unexpected argument(s) {' '.join(stray)}: notebook parameters are {PARAMETER_FORM}")
     return out
+
+
+def _check_parameters(parameters: dict, declared: dict[str, set[str]]) -> None:
+    """Refuse parameters that none of the notebooks to run declares (they would be dropped without a word)."""
+    known = set().union(*declared.values()) - {"run_dir"}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        close = {u: difflib.get_close_matches(u, known, 1) for u in unknown}
+        hints = [f"{u} (did you mean {close[u][0]}?)" if close[u] else u for u in unknown]
+        raise UsageError(
+            f"no notebook of this run ({', '.join(declared)}) has the parameter(s) {', '.join(hints)}; "
+            f"they have: {', '.join(sorted(known))}"
+        )
+
+
+def _failure(nb: str, target: Path, e) -> NotebookFailed:
+    """The notebook, the cell and the error alone; the executed notebook keeps the cell's traceback."""
+    ftkit_error = e.ename in {c.__name__ for c in _subclasses(FtkitError)}
+    what = e.evalue if ftkit_error else f"{e.ename}: {e.evalue}"
+    failed = NotebookFailed(f"notebook {nb}.ipynb failed in cell [{e.exec_count}]: {what}")
+    failed.hint = f"the executed notebook, with the cell's traceback: {target}"
+    return failed
+
+
+def _subclasses(cls) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def _select(only) -> list[str]:
@@ -104,22 +146,34 @@ def run_suite(
     import papermill as pm
 
     src = notebooks_dir()
+    chosen = _select(only)
+    declared = {nb: set(pm.inspect_notebook(str(src / f"{nb}.ipynb"))) for nb in chosen}
+    _check_parameters(parameters or {}, declared)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder (give one written by `ftkit prepare pubmedqa`)")
     run = SuiteRun(Path(out).resolve())
     (run.run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    for nb in _select(only):
-        path = src / f"{nb}.ipynb"
-        declared = pm.inspect_notebook(str(path))
-        params = {k: v for k, v in (parameters or {}).items() if k in declared}
+    for nb in chosen:
+        params = {k: v for k, v in (parameters or {}).items() if k in declared[nb]}
         params["run_dir"] = str(run.run_dir)
-        if data_dir and "data_dir" in declared:
+        if data_dir and "data_dir" in declared[nb]:
             params["data_dir"] = str(Path(data_dir).resolve())
         target = run.run_dir / "notebooks" / f"{nb}.ipynb"
         if progress:
             print(f"ftkit: running {nb} ...", flush=True)
-        pm.execute_notebook(
-            str(path), str(target), parameters=params, kernel_name=KERNEL, cwd=str(src), progress_bar=False
-        )
+        try:
+            pm.execute_notebook(
+                str(src / f"{nb}.ipynb"),
+                str(target),
+                parameters=params,
+                kernel_name=KERNEL,
+                cwd=str(src),
+                progress_bar=False,
+                extra_arguments=KERNEL_ARGUMENTS,
+            )
+        except pm.PapermillExecutionError as e:
+            raise _failure(nb, target, e) from None
         run.executed.append(target)
     run.seconds = time.perf_counter() - t0
     return run
@@ -163,6 +217,7 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
     run, e.g. ``max_steps``). Data are prepared once and shared.
     """
     import pandas as pd
+    import papermill as pm
     import yaml
 
     spec = yaml.safe_load(Path(grid_file).read_text()) or {}
@@ -176,7 +231,10 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
     keys = list(spec["grid"])
     values = [v if isinstance(v, list) else [v] for v in spec["grid"].values()]
     out = Path(out or Path(grid_file).with_suffix("")).resolve()
-    shared = run_suite(out / "shared", {**fixed}, only=["01"], progress=progress)
+    declared = {nb: set(pm.inspect_notebook(str(notebooks_dir() / f"{nb}.ipynb"))) for nb in NOTEBOOKS}
+    _check_parameters({**fixed, **spec["grid"]}, declared)
+    per_run = set().union(*(declared[nb] for nb in SWEEP_NOTEBOOKS))  # the rest are for the shared preparation
+    shared = run_suite(out / "shared", _only(fixed, declared[NOTEBOOKS[0]]), only=["01"], progress=progress)
     data_dir = shared.run_dir / "data" / "pubmedqa"
 
     rows = []
@@ -197,7 +255,7 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
             ",".join(n[:2] for n in SWEEP_NOTEBOOKS),
             "--quiet",
         ]
-        cmd += [x for k, v in params.items() for x in ("-p", f"{k}={json.dumps(v)}")]
+        cmd += [x for k, v in _only(params, per_run).items() for x in ("-p", f"{k}={json.dumps(v)}")]
         if progress:
             print(f"ftkit: sweep run {i}: {dict(zip(keys, combo, strict=True))}", flush=True)
         t = time.perf_counter()
@@ -211,7 +269,8 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
             "error": None,
         }
         if proc.returncode != 0:
-            row["error"] = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+            said = [ln for ln in proc.stderr.splitlines() if ln.startswith("ftkit: ")] or proc.stderr.splitlines()
+            row["error"] = (said or [f"exit code {proc.returncode}"])[0][:300]
             if progress:
                 print(f"ftkit: sweep run {i} failed: {row['error']}", flush=True)
         rows.append(row)
@@ -221,6 +280,10 @@ def sweep(grid_file: str | os.PathLike, out: str | os.PathLike | None = None, pr
         table.to_csv(tmp, index=False)
     _plot_sweep(table, keys, out / "summary.png")
     return table
+
+
+def _only(params: dict, names: set[str]) -> dict:
+    return {k: v for k, v in params.items() if k in names}
 
 
 def _plot_sweep(table, keys: list[str], path: Path) -> None:

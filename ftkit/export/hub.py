@@ -13,12 +13,17 @@ import re
 import tempfile
 from pathlib import Path
 
-from ftkit.errors import FtkitError
+from ftkit.errors import TOKEN_PATTERN, FtkitError, redact
 from ftkit.export.stage import as_job, stage_export
 from ftkit.models.exported import extract_archive, is_archive_path, read_manifest
 
 REACH_TIMEOUT_S = 10.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOKEN_HOWTO = (
+    "Put the token in HF_TOKEN (or in another variable and pass --token-env NAME), or run `hf auth login`; "
+    "never on the command line, where other users of the machine can read it (ps, shell history)"
+)
 
 
 class HubError(FtkitError, RuntimeError):
@@ -26,9 +31,7 @@ class HubError(FtkitError, RuntimeError):
 
 
 def _redact(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "***")
-    return re.sub(r"\bhf_[A-Za-z0-9]{20,}\b", "***", text)
+    return redact(text, [token] if token else [])
 
 
 def check_repo_id(repo_id) -> str:
@@ -56,9 +59,16 @@ def resolve_token(token: str | None = None, token_env: str | None = None) -> str
     if token:
         return token
     if token_env:
+        if not _ENV_NAME.match(token_env) or TOKEN_PATTERN.search(token_env):
+            # most likely the token itself: say nothing of it (a token in argv is visible to others through ps)
+            raise HubError(
+                f"no Hugging Face token: --token-env takes the NAME of a variable holding the token. {TOKEN_HOWTO}"
+            )
         value = os.environ.get(token_env, "").strip()
         if not value:
-            raise HubError(f"no Hugging Face token: the environment variable {token_env} is not set or empty")
+            raise HubError(
+                f"no Hugging Face token: the environment variable {token_env} is not set or empty. {TOKEN_HOWTO}"
+            )
         return value
     from huggingface_hub import get_token
 
@@ -66,7 +76,7 @@ def resolve_token(token: str | None = None, token_env: str | None = None) -> str
     if not found:
         raise HubError(
             "no Hugging Face token: pass token=..., set HF_TOKEN (or name another variable with "
-            "--token-env), or log in with `hf auth login`"
+            "--token-env NAME), or log in with `hf auth login`"
         )
     return found
 

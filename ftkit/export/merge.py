@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ftkit.export.errors import ExportError
 from ftkit.models.catalog import resolve_model
-from ftkit.models.loading import load_model
+from ftkit.models.loading import hub_options, load_model, quiet_loading
 
 PROBE_PROMPT = "Does regular aspirin use prevent a first heart attack? Answer yes, no or maybe."
 MERGE_RTOL = {"fp32": 1e-3, "bf16": 2e-2}
@@ -56,7 +56,8 @@ def merge_into(job, folder: Path, quiet: bool = False) -> dict:
 
     rec = job.record
     ref = base_model_ref(rec)
-    config = AutoConfig.from_pretrained(resolve_model(ref).source)
+    info = resolve_model(ref)
+    config = AutoConfig.from_pretrained(info.source, **hub_options(info))
     quant = getattr(config, "quantization_config", None)
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
@@ -70,7 +71,8 @@ def merge_into(job, folder: Path, quiet: bool = False) -> dict:
         print(f"ftkit: merging the adapter of {job.id!r} into {ref} (saved as {save_dtype})", flush=True)
     base, _, _ = load_model(ref, device="cpu", dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
-    model = PeftModel.from_pretrained(base, job.model_dir).eval()
+    with quiet_loading():
+        model = PeftModel.from_pretrained(base, job.model_dir).eval()
     reference = probe_logits(model, tokenizer)
     merged = model.merge_and_unload()
     if save_dtype == "bf16":
@@ -79,7 +81,8 @@ def merge_into(job, folder: Path, quiet: bool = False) -> dict:
     tokenizer.save_pretrained(folder)
     del model, merged, base
     # check what was written, not what is in memory: the saved folder must stand on its own
-    saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with quiet_loading():
+        saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     check = compare_logits(reference, probe_logits(saved, tokenizer), MERGE_RTOL[save_dtype])
     if not check["ok"]:
         raise ExportError(

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ftkit.errors import redact as redact_text
 from ftkit.export.archive import write_archive
 from ftkit.export.card import model_card
 from ftkit.export.errors import ExportError
@@ -31,7 +32,6 @@ FORMAT_VERSION = 1
 # peft writes its own placeholder README into the adapter folder; the export writes a real model card instead
 _SKIP_MODEL_FILES = {"README.md", "training_args.bin", "best.json"}
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key|apikey|auth|authorization)$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
 def as_job(job, jobs_dir=None) -> Job:
@@ -46,7 +46,7 @@ def redact(obj):
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     if isinstance(obj, str):
-        return _SECRET_VALUE.sub("***", obj)
+        return redact_text(obj)
     return obj
 
 
@@ -188,7 +188,7 @@ def stage_export(job, folder: str | os.PathLike, merged: bool = False, evaluatio
         if kind == "adapter":
             _portable_adapter_config(folder, info)
 
-    job_record = redact({k: v for k, v in rec.items() if k not in ("pid", "host")})
+    job_record = redact({k: v for k, v in rec.items() if k not in ("pid", "pid_started_at", "host")})
     write_json(folder / "job.json", job_record)
     metrics = _write_metrics(job, folder)
     data, prepared = _data_manifest(rec)

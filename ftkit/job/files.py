@@ -21,6 +21,10 @@ class JobFileNotFound(FtkitError, FileNotFoundError):
     """A job file path that names no file."""
 
 
+class JobFileError(FtkitError, ValueError):
+    """A job file path that names something other than a file (a folder)."""
+
+
 class _DuplicateKey(ValueError):
     pass
 
@@ -74,9 +78,26 @@ def read_job_source(source: Any) -> tuple[str | None, Any, Path | None]:
     kind = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(path.suffix.lower())
     if kind is None:
         raise JobSpecError([SpecProblem("(file)", str(path), "unsupported job file type", ".json, .yaml or .yml")])
+    if path.is_dir():
+        raise JobFileError(f"{path} is a folder, not a job file (give the .json, .yaml or .yml file itself)")
     if not path.is_file():
         raise JobFileNotFound(f"job file not found: {path}")
-    return str(path), _parse(path.read_text(encoding="utf-8"), kind, str(path)), path.resolve().parent
+    return str(path), _parse(_read_text(path, kind), kind, str(path)), path.resolve().parent
+
+
+def _read_text(path: Path, kind: str) -> str:
+    def problem(message: str, allowed: str) -> JobSpecError:
+        return JobSpecError([SpecProblem("(file)", str(path), message, allowed)], str(path))
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{data[e.start]:02x} at offset {e.start}"
+        raise problem(f"is not UTF-8 text ({where}): a binary file?", f"a UTF-8 {kind.upper()} file") from None
+    if not text.strip():
+        raise problem("is empty", "a JSON object / YAML mapping of the job's fields")
+    return text
 
 
 # demo-client section -> {key: dotted path in the service body (None: accepted, not used locally)}

@@ -190,7 +190,8 @@ class LocalSettings(_Section):
     trust_remote_code: Bool = False
     """Allow a hub or local model to run its own Python code when loaded (only for models you trust)."""
     max_steps: Int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps (for quick trial runs). null = n_epochs full passes."""
+    """At most this many optimizer steps (for quick trial runs): training ends after n_epochs or max_steps
+    steps, whichever comes first. null = n_epochs full passes."""
     max_train_rows: Int | None = Field(None, ge=1)
     """Use only the first N training rows (for quick trial runs). null = all."""
     torch_compile: Bool = False

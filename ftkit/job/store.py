@@ -5,6 +5,11 @@ A job folder holds ``job.json`` (spec, status, timestamps, error, device, versio
 ``checkpoints/`` (Trainer checkpoints for resume), ``best/`` (lowest eval_loss so far) and ``model/`` (the job's
 result: LoRA adapter or full model, with the tokenizer). Status moves queued -> running -> completed | failed |
 cancelled, as on the service.
+
+A process killed outright (``kill -9``, out-of-memory killer, power loss) cannot record that it stopped, so job.json
+keeps saying ``running``. Every reader therefore goes through :attr:`Job.status`, which reports such a job as
+``failed`` with :data:`INTERRUPTED` when the recorded process (pid and start time, on this host) is gone; the file
+itself is left alone, and running the job again resumes it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,15 +21,21 @@ import re
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from ftkit.errors import FtkitError
 from ftkit.files import write_json, write_text
+from ftkit.job.spec import load_job
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 DEFAULT_JOBS_DIR = "runs"
 CANCEL_FILE = "CANCEL"
+JOB_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+INTERRUPTED = "the training process ended without finishing (killed?); run the job again to resume"
 # The fields of every metrics.jsonl record, in column order (a field a record does not have is null).
 METRIC_FIELDS = (
     "step",
@@ -66,6 +77,12 @@ def jobs_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("FTKIT_JOBS_DIR", DEFAULT_JOBS_DIR))
 
 
+def process_start_time(pid: int | None = None) -> float:
+    """When process ``pid`` (default: this one) started, in seconds since the epoch. With the pid it names one
+    process: a pid the system reuses for a later process has another start time."""
+    return psutil.Process(pid).create_time()
+
+
 @dataclass
 class Job:
     """A handle on one job folder. Read fields with ``job.record``; change them with :meth:`update`."""
@@ -85,7 +102,27 @@ class Job:
 
     @property
     def status(self) -> str:
-        return self.record["status"]
+        """The job's status as every reader should report it: ``failed`` for a job recorded as running whose
+        process is gone (see :meth:`is_interrupted`), else the recorded one."""
+        return self.state["status"]
+
+    @property
+    def error(self) -> str | None:
+        """Why the job failed (:data:`INTERRUPTED` for an interrupted one), else None."""
+        return self.state.get("error")
+
+    @property
+    def state(self) -> dict:
+        """``job.json`` as readers should see it: for an interrupted job, status ``failed``, the error
+        :data:`INTERRUPTED` and ``interrupted: true``. Nothing is written: rerunning the job resumes it."""
+        rec = self.record
+        if self._interrupted(rec):
+            rec.update(status="failed", error=INTERRUPTED, interrupted=True)
+        return rec
+
+    def is_interrupted(self) -> bool:
+        """Recorded as running on this host, but its process (pid and start time) no longer exists."""
+        return self._interrupted(self.record)
 
     @property
     def metrics_path(self) -> Path:
@@ -114,21 +151,35 @@ class Job:
         return read_metrics(self.metrics_path)
 
     def is_alive(self) -> bool:
-        """Whether the process recorded as running this job still exists (on this host)."""
+        """Whether the process recorded as running this job still exists on this host (same pid, same start)."""
         rec = self.record
-        pid, host = rec.get("pid"), rec.get("host")
-        if rec.get("status") != "running" or not pid or host != socket.gethostname():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return rec.get("status") == "running" and _process_state(rec) == "alive"
+
+    @staticmethod
+    def _interrupted(rec: dict) -> bool:
+        return rec.get("status") == "running" and _process_state(rec) == "gone"
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, status={self.status!r})"
+
+
+def _process_state(rec: dict) -> str:
+    """ "alive", "gone", or "unknown" (recorded on another host, or no pid recorded) for a job's recorded process."""
+    pid, host = rec.get("pid"), rec.get("host")
+    if not pid or host != socket.gethostname():
+        return "unknown"
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
+            return "gone"
+        started = proc.create_time()
+    except psutil.NoSuchProcess:
+        return "gone"
+    except psutil.AccessDenied:  # another user's process: it exists, and that is all we can tell
+        return "alive"
+    recorded = rec.get("pid_started_at")
+    # a record without a start time (written by an older ftkit) can only be checked by its pid
+    return "gone" if recorded is not None and abs(started - recorded) > 0.01 else "alive"
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -155,10 +206,17 @@ def truncate_metrics(path: Path, after_step: int) -> int:
 
 
 def get_job(job_id: str, root: str | os.PathLike | None = None) -> Job:
-    """A job by id, or by the path of its folder."""
+    """A job by id, by the path of its folder, or by the job file it was trained from (see :func:`job_for_file`)."""
     p = Path(job_id)
     if (p / "job.json").is_file():
         return Job(p)
+    if p.is_file() and p.suffix.lower() in JOB_FILE_SUFFIXES:
+        if _is_job_record(p):
+            return Job(p.parent)
+        job = job_for_file(p, root)
+        if not (job.path / "job.json").is_file():
+            raise JobError(f"{p} is the job file of job {job.id!r}, which has not run yet: no {job.path / 'job.json'}")
+        return job
     job = Job(jobs_dir(root) / job_id)
     if not (job.path / "job.json").is_file():
         known = [j.id for j in list_jobs(root)]
@@ -168,6 +226,26 @@ def get_job(job_id: str, root: str | os.PathLike | None = None) -> Job:
             + (f"; did you mean {', '.join(hint)}?" if hint else f"; jobs there: {', '.join(known) or 'none'}")
         )
     return job
+
+
+def job_for_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Job:
+    """The job a job file trains, where ``ftkit train`` puts it: ``<jobs dir>/<id of its name>``, the jobs dir being
+    ``root``, else ``$FTKIT_JOBS_DIR``, else the file's ``local.output_dir``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the spec's notes are for check-job and train, not for finding its job
+        spec = load_job(path)
+    return Job(jobs_dir(root or os.environ.get("FTKIT_JOBS_DIR") or spec.local.output_dir) / job_id_for(spec.name))
+
+
+def _is_job_record(path: Path) -> bool:
+    """Whether a ``job.json`` is a job folder's record (not a job file that happens to have that name)."""
+    if path.name != "job.json":
+        return False
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and "status" in rec and "spec" in rec
 
 
 def list_jobs(root: str | os.PathLike | None = None, status: str | None = None) -> list[Job]:
@@ -186,7 +264,7 @@ def jobs_table(root: str | os.PathLike | None = None, status: str | None = None)
 
     rows = []
     for j in list_jobs(root, status):
-        rec = j.record
+        rec = j.state
         last = {}
         for m in j.metrics():
             last.update({k: v for k, v in m.items() if v is not None})
@@ -211,12 +289,15 @@ def cancel(job_id: str, root: str | os.PathLike | None = None) -> Job:
     """Ask a running job to stop: it saves a checkpoint at the end of the current step and ends ``cancelled``.
 
     Works through a CANCEL file the training loop polls (any rank, any host sharing the folder) and a SIGTERM to the
-    recorded process when it runs on this host.
+    recorded process when it runs on this host. A job that is not queued or running is refused with its status
+    (an interrupted one with :data:`INTERRUPTED`).
     """
     job = get_job(job_id, root)
-    status = job.status
+    state = job.state
+    status = state["status"]
     if status in ("completed", "failed", "cancelled"):
-        raise JobError(f"job {job.id!r} is already {status}")
+        why = f": {state['error']}" if status == "failed" and state.get("error") else ""
+        raise JobError(f"job {job.id!r} is already {status}{why}")
     (job.path / CANCEL_FILE).write_text(now() + "\n")
     if job.is_alive():
         os.kill(job.record["pid"], signal.SIGTERM)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ftkit.errors import FtkitError
 from ftkit.models import bundled
+from ftkit.models.hubaccess import hub_load_options
 
 KINDS = ("catalog", "bundled", "hub", "local")
 CATALOG_BATCH_SIZES = (4, 8, 12, 16, 20, 24, 28, 32)
@@ -205,9 +206,10 @@ class ModelConfigUnavailable(FtkitError, RuntimeError):
 def _hub_context_length(repo: str) -> int | None:
     from huggingface_hub import hf_hub_download
 
+    options = hub_load_options(repo)  # offline: the cached config, or a one-line error at once
     try:
-        path = hf_hub_download(repo, "config.json")
-    except Exception as e:  # offline, gated, missing: say which model and why
+        path = hf_hub_download(repo, "config.json", **options)
+    except Exception as e:  # gated, missing: say which model and why
         raise ModelConfigUnavailable(f"cannot read config.json of Hugging Face model {repo!r}: {e}") from e
     return context_length_from_config(json.loads(Path(path).read_text(encoding="utf-8")))
 

@@ -8,14 +8,16 @@ starts, and extraction itself runs through the standard library's ``filter="data
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ftkit.errors import FtkitError
 from ftkit.files import atomic_dir, sha256_file
-from ftkit.models.loading import load_model, torch_dtype
+from ftkit.models.loading import load_model, quiet_loading, torch_dtype
 from ftkit.paths import cache_dir
 
 EXPORT_MANIFEST = "ftkit_export.json"
@@ -69,19 +71,26 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike | None =
     if not hasattr(tarfile, "data_filter"):
         raise ArchiveError("this Python's tarfile has no extraction filters; use Python 3.10.12+ or 3.11.4+")
     try:
-        tar = tarfile.open(archive, "r:*")
-    except tarfile.TarError as e:
-        raise UnsafeArchiveError(f"{archive} is not a readable tar archive ({e})") from None
-    with tar:
-        members = tar.getmembers()
-        problems = member_problems(members)
-        if problems:
-            raise UnsafeArchiveError(
-                f"refusing to extract {archive}: {len(problems)} unsafe member(s), nothing was extracted:\n  "
-                + "\n  ".join(problems)
-            )
-        with atomic_dir(dest) as tmp:
-            tar.extractall(tmp, members=members, filter="data")
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()  # reads every header: a truncated or corrupt archive fails here
+            problems = member_problems(members)
+            if problems:
+                raise UnsafeArchiveError(
+                    f"refusing to extract {archive}: {len(problems)} unsafe member(s), nothing was extracted:\n  "
+                    + "\n  ".join(problems)
+                )
+            if EXPORT_MANIFEST not in {m.name.removeprefix("./") for m in members}:
+                raise ArchiveError(
+                    f"{archive} is not an ftkit export: it holds no {EXPORT_MANIFEST} (make one with `ftkit export`); "
+                    "nothing was extracted"
+                )
+            with atomic_dir(dest) as tmp:
+                tar.extractall(tmp, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ArchiveError(
+            f"{archive} is truncated or corrupt, not a readable .tar.gz ({type(e).__name__}: "
+            f"{str(e).splitlines()[0].rstrip(':')}); nothing was extracted: copy or export it again"
+        ) from None
     return dest
 
 
@@ -118,9 +127,11 @@ def load_exported(
 
         ref = base_model or manifest["base_model"]["ref"]
         base, _, _ = load_model(ref, device="cpu", dtype=dtype)
-        model = PeftModel.from_pretrained(base, folder)
+        with quiet_loading():
+            model = PeftModel.from_pretrained(base, folder)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
     model.to(device)
     model.eval()
     return model, tokenizer

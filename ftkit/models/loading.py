@@ -7,8 +7,13 @@ This is the one tokenizer loader: training, estimates, data checks, previews and
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import warnings
+
 from ftkit.errors import FtkitError
 from ftkit.models.catalog import resolve_model
+from ftkit.models.hubaccess import hub_load_options
 
 ALL_LINEAR = "all-linear"
 TORCH_DTYPES = ("fp32", "bf16", "fp16")
@@ -20,6 +25,40 @@ class TokenizerError(FtkitError, ValueError):
 
 class LayerChoiceError(FtkitError, ValueError):
     """Last layers were asked for that the model does not have."""
+
+
+def progress_bars_wanted() -> bool:
+    """Progress bars draw in place on a terminal or in a notebook; anywhere else (a log file, a pipe, a test)
+    every redraw would be kept as a line of escape codes."""
+    from transformers.utils import is_in_notebook
+
+    return sys.stderr.isatty() or is_in_notebook()
+
+
+@contextlib.contextmanager
+def quiet_loading(progress: bool | None = None):
+    """Load models without third-party output the user cannot act on, for the duration of the block only:
+    transformers' "Loading weights" and the Hub's download bars unless ``progress`` (default: on a terminal or in
+    a notebook), and peft's FutureWarning about transformers' renamed ``is_gradient_checkpointing``."""
+    from transformers.utils import logging as hf_logging
+
+    hide = not (progress_bars_wanted() if progress is None else progress)
+    was_on = hf_logging.is_progress_bar_enabled()
+    if hide and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*is_gradient_checkpointing", FutureWarning)
+            yield
+    finally:
+        if hide and was_on:
+            hf_logging.enable_progress_bar()
+
+
+def hub_options(info) -> dict:
+    """``from_pretrained`` arguments for where the model comes from: a Hub model offline loads from the local
+    cache, or fails at once with what to do (:func:`~ftkit.models.hubaccess.hub_load_options`)."""
+    return hub_load_options(info.hf_repo) if info.kind in ("hub", "catalog") else {}
 
 
 def torch_dtype(name: str):
@@ -64,8 +103,9 @@ def load_tokenizer(model_ref, trust_remote_code: bool = False, require_chat_temp
     from transformers import AutoTokenizer
 
     info = resolve_model(model_ref)
+    options = hub_options(info)
     try:
-        tok = AutoTokenizer.from_pretrained(info.source, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(info.source, trust_remote_code=trust_remote_code, **options)
     except (OSError, ValueError) as e:
         raise TokenizerError(f"cannot load the tokenizer of model {info.name!r} from {info.source}: {e}") from e
     ensure_pad_token(tok)
@@ -82,15 +122,18 @@ def load_model(
     device: str = "cpu",
     dtype: str = "fp32",
     trust_remote_code: bool = False,
+    progress: bool | None = None,
 ):
-    """Load a causal LM and its tokenizer from any model reference; returns ``(model, tokenizer, info)``."""
+    """Load a causal LM and its tokenizer from any model reference; returns ``(model, tokenizer, info)``.
+    ``progress``: loading and download bars (default: on a terminal or in a notebook)."""
     from transformers import AutoModelForCausalLM
 
     info = resolve_model(model_ref)
     tokenizer = load_tokenizer(info, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        info.source, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
-    )
+    with quiet_loading(progress):
+        model = AutoModelForCausalLM.from_pretrained(
+            info.source, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **hub_options(info)
+        )
     ensure_pad_token(tokenizer, model)
     model.to(device)
     return model, tokenizer, info
@@ -115,7 +158,8 @@ def apply_lora(model, r: int, alpha: int, dropout: float, modules: list[str] | N
         task_type="CAUSAL_LM",
         bias="none",
     )
-    return get_peft_model(model, cfg)
+    with quiet_loading():
+        return get_peft_model(model, cfg)
 
 
 def top_layers(model, last_layers: int | None) -> list[int] | None:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from ftkit.data.encoding import split_chat_text
 from ftkit.errors import FtkitError, UsageError
-from ftkit.job.store import Job, JobError
+from ftkit.job.store import JOB_FILE_SUFFIXES, Job, JobError, get_job
 from ftkit.job.store import jobs_dir as default_jobs_dir
 from ftkit.models.catalog import UnknownModelError, resolve_model
 from ftkit.models.device import inference_dtype, pick_device
 from ftkit.models.exported import load_exported
-from ftkit.models.loading import ensure_pad_token, load_model
+from ftkit.models.loading import ensure_pad_token, load_model, quiet_loading
 
 DECISIONS = ("yes", "no", "maybe")
 # How a label's first token is found: the answer as PubMedQA training data renders it ("yes. <long answer>").
@@ -67,7 +67,8 @@ def _load_job(job, device: str):
     if (job.model_dir / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(job.model_dir, trust_remote_code=trust)
     # merged weights run as fast as the base model; the job's adapter files stay untouched
-    model = PeftModel.from_pretrained(model, job.model_dir).merge_and_unload()
+    with quiet_loading():
+        model = PeftModel.from_pretrained(model, job.model_dir).merge_and_unload()
     return model.to(device), tok
 
 
@@ -75,8 +76,9 @@ def load_for_inference(ref, device: str = "auto", jobs_dir: str | os.PathLike | 
     """Load ``(model, tokenizer)`` ready for scoring and generation (eval mode, pad token, left padding).
 
     ``ref`` is, in this order: a ``(model, tokenizer)`` pair (returned prepared); a job folder (one with
-    ``job.json``); an exported archive (``*.tar.gz``, via :func:`ftkit.models.exported.load_exported`); a job id in
-    ``jobs_dir`` (default ``runs/`` or ``$FTKIT_JOBS_DIR``); or any model reference that
+    ``job.json``) or the job file it ran from; an exported archive (``*.tar.gz``, via
+    :func:`ftkit.models.exported.load_exported`); a job id in ``jobs_dir`` (default ``runs/`` or
+    ``$FTKIT_JOBS_DIR``); or any model reference that
     :func:`ftkit.models.catalog.resolve_model` accepts (catalog name or id, "bundled", a Hugging Face repo id, a
     local model folder). A LoRA job loads its base model (``spec.base_model_id``) and merges the adapter from
     the job's ``model/`` folder into it; a full fine-tuning job loads ``model/`` itself. Weights are fp32 on
@@ -90,6 +92,8 @@ def load_for_inference(ref, device: str = "auto", jobs_dir: str | os.PathLike | 
     path = Path(text).expanduser()
     if (path / "job.json").is_file():
         return _prepare(*_load_job(Job(path), device))
+    if path.is_file() and path.suffix.lower() in JOB_FILE_SUFFIXES:  # the job file a job ran from
+        return _prepare(*_load_job(get_job(text, jobs_dir), device))
     if text.endswith((".tar.gz", ".tgz")):
         if not path.is_file():
             raise ModelRefError(f"export archive {path} does not exist")

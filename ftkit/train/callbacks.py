@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 import torch
@@ -24,6 +25,20 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def step_line(record: dict, max_steps: int) -> str:
+    """One metric record as the line the command line prints: ``ftkit: step 3/6 train_loss 1.234 ...``."""
+    shown = (
+        ("train_loss", "train_loss {:.4f}"),
+        ("eval_loss", "eval_loss {:.4f}"),
+        ("perplexity", "perplexity {:.2f}"),
+        ("learning_rate", "lr {:.3g}"),
+        ("grad_norm", "grad_norm {:.3g}"),
+        ("tokens_per_second", "{:.0f} tokens/s"),
+    )
+    parts = [fmt.format(record[k]) for k, fmt in shown if record.get(k) is not None]
+    return f"ftkit: step {record['step']}/{max_steps} " + " ".join(parts)
+
+
 class FtkitCallback(TrainerCallback):
     """Writes a metrics.jsonl record per logged step and evaluation, evaluates and checkpoints on the job's
     schedule, keeps the best adapter (``keep_best``), and stops on a cancel request or a NaN/inf loss."""
@@ -39,6 +54,7 @@ class FtkitCallback(TrainerCallback):
         keep_best: bool = True,
         task_scorer=None,
         best_metric: str = "eval_loss",
+        echo: bool = False,
     ):
         self.job = job
         self.writer = writer
@@ -50,6 +66,7 @@ class FtkitCallback(TrainerCallback):
         self.task_scorer = task_scorer  # a ftkit.train.tasks.TaskScorer, or None
         self.best_metric = best_metric
         self.last_eval: dict = {}
+        self.echo = echo  # print one line per logged step (the command line; a notebook shows the Trainer's table)
         self.trainer = None  # set by the engine: the trained-token counter lives on the trainer
         self.stop_reason: str | None = None
         self.bad_loss: tuple[int, float] | None = None
@@ -138,6 +155,10 @@ class FtkitCallback(TrainerCallback):
         self._emit(record)
         if self.writer:
             self.job.update(progress={"step": state.global_step, "max_steps": state.max_steps})
+            if self.echo:
+                from tqdm import tqdm  # writes above a progress bar when there is one
+
+                tqdm.write(step_line(record, state.max_steps), file=sys.stdout)
         return control
 
     def _log_task(self, r: dict) -> None:

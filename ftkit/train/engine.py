@@ -22,19 +22,21 @@ from typing import Any
 
 import torch
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_in_notebook
 
 from ftkit.data.encoding import Encoded, encode_rows
 from ftkit.files import atomic_dir, sha256_file
 from ftkit.job import store as jobstore
+from ftkit.job.datacheck import check_job_data, warning_lines
 from ftkit.job.datafiles import DatasetFiles
 from ftkit.job.spec import JobSpec, load_job
 from ftkit.models.device import Precision, pick_device, pick_precision
-from ftkit.models.loading import ensure_pad_token
+from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
-from ftkit.train.plan import batching_for, eval_schedule, job_rows, step_plan
+from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.signals import StopSignals
 from ftkit.train.tasks import TaskScorer, decision_task
-from ftkit.train.trainer import build_model, make_trainer, trainer_arguments
+from ftkit.train.trainer import build_model, make_trainer, trainer_arguments, without_trainer_chatter
 
 # Local settings that change how a job is run or reported but not what it learns: a resume may change them.
 _RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps"}
@@ -55,6 +57,8 @@ class Run:
     quiet: bool = False
     signals: StopSignals | None = None
     on_record: Callable[[dict], Any] | None = None
+    data_warnings: tuple[str, ...] = ()
+    """The data check's warnings, for the job log."""
     # set by load_model
     device: str = "cpu"
     precision: Precision | None = None
@@ -75,7 +79,7 @@ class Run:
 
     def log(self, message: str) -> None:
         if self.writer:
-            self.job.log(message)
+            self.job.log(message, echo=not self.quiet)
 
     def update(self, **fields) -> None:
         if self.writer:
@@ -182,6 +186,7 @@ def start(run: Run) -> None:
         status="running",
         started_at=run.job.record.get("started_at") or jobstore.now(),
         pid=os.getpid(),
+        pid_started_at=jobstore.process_start_time(),  # with the pid, tells this process from a later one
         host=socket.gethostname(),
         world_size=run.world,
         error=None,
@@ -189,6 +194,8 @@ def start(run: Run) -> None:
     )
     what = "resuming from " + Path(run.resume).name if run.resume else "starting"
     run.log(f"job {run.job.id}: {what} ({run.world} process{'es' if run.world > 1 else ''})")
+    for line in run.data_warnings:
+        run.log(line)
 
 
 def load_model(run: Run) -> None:
@@ -197,7 +204,9 @@ def load_model(run: Run) -> None:
     run.device = pick_device(local.device)
     run.precision = pick_precision(run.device, local.precision)
     run.log(f"device {run.device}; precision {run.precision.name} ({run.precision.reason})")
-    run.model, run.tokenizer, info, (trainable, total) = build_model(run.spec, run.precision)
+    run.model, run.tokenizer, info, (trainable, total) = build_model(
+        run.spec, run.precision, progress=show_progress_bar(run.quiet)
+    )
     run.log(f"model {info.name} from {info.source}; {ensure_pad_token(run.tokenizer)}")
     run.log(f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters")
     run.update(
@@ -231,6 +240,8 @@ def encode(run: Run) -> None:
     run.micro, run.accumulation, per_epoch, run.total_steps = step_plan(spec, len(run.train_rows.examples), run.world)
     run.evaluations = tuple(eval_schedule(run.total_steps, hp.n_evals, bool(run.validation_rows.examples)))
     run.batching = batching_for(run.model, spec.local.batching)
+    if spec.local.max_steps and spec.local.max_steps > per_epoch * hp.n_epochs:
+        run.log(max_steps_note(spec.local.max_steps, per_epoch * hp.n_epochs, hp.n_epochs))
     run.log(
         f"{run.total_steps} optimizer steps ({per_epoch}/epoch x {hp.n_epochs}); effective batch "
         f"{hp.batch_size} = micro-batch {run.micro} x accumulation {run.accumulation} x {run.world} process(es); "
@@ -266,14 +277,16 @@ def fit(run: Run) -> None:
         run.precision,
         run.batching,
         num_train_epochs=hp.n_epochs,
-        max_steps=local.max_steps or -1,
+        # the plan's step count (n_epochs, capped by local.max_steps), so that the run, its schedule and the
+        # estimate agree; the Trainer would read max_steps alone as the length and run past n_epochs
+        max_steps=run.total_steps,
         warmup_steps=math.ceil(hp.warmup_ratio * run.total_steps),
         logging_steps=local.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must surface, not be averaged away
         save_strategy="steps",
         save_steps=local.save_steps or max(1, math.ceil(run.total_steps / 10)),
         save_total_limit=2,
-        disable_tqdm=run.quiet,
+        disable_tqdm=not show_progress_bar(run.quiet),  # a bar on a terminal or in a notebook only
         include_num_input_tokens_seen="non_padding",
     )
     run.callback = FtkitCallback(
@@ -286,6 +299,7 @@ def fit(run: Run) -> None:
         keep_best=hp.best_checkpoints,
         task_scorer=run.task_scorer,
         best_metric=local.best_metric,
+        echo=not run.quiet and not is_in_notebook(),
     )
     run.trainer = make_trainer(
         run.model,
@@ -297,7 +311,8 @@ def fit(run: Run) -> None:
         [run.callback],
     )
     run.callback.trainer = run.trainer
-    run.trainer.train(resume_from_checkpoint=run.resume)
+    with without_trainer_chatter():
+        run.trainer.train(resume_from_checkpoint=run.resume)
     run.callback.raise_if_stopped()
 
 
@@ -343,6 +358,11 @@ def _why_best(best: dict, records: list[dict]) -> str:
     return text if metric == "eval_loss" else f"{text}; eval_loss there {best['eval_loss']:.4f}"
 
 
+def show_progress_bar(quiet: bool) -> bool:
+    """Progress bars only where they redraw in place (see :func:`~ftkit.models.loading.progress_bars_wanted`)."""
+    return not quiet and progress_bars_wanted()
+
+
 # ------------------------------------------------------------------------------------------- entry point
 
 
@@ -354,18 +374,28 @@ def _data_hashes(files: DatasetFiles) -> dict:
 
 
 def train(
-    spec, jobs_dir: str | os.PathLike | None = None, fresh: bool = False, quiet: bool = False, on_record=None
+    spec,
+    jobs_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    quiet: bool = False,
+    on_record=None,
+    data_report=None,
 ) -> jobstore.Job:
     """Run (or resume) a fine-tuning job and return its :class:`~ftkit.job.store.Job`.
 
     ``spec`` is a :class:`~ftkit.job.spec.JobSpec`, a dict body or a path to a JSON/YAML job file. The job's id is
     its name: running the same spec again resumes from the last checkpoint, or returns at once if it completed. A
     changed spec or changed data is refused unless ``fresh=True``. ``on_record`` is called with every metric record
-    (rank 0), e.g. a live plot. Raises :class:`~ftkit.job.store.JobError` when the job fails or is cancelled.
+    (rank 0), e.g. a live plot. The data files get ``ftkit validate``'s checks first (``data_report``: their result,
+    when the caller ran them): an error raises :class:`~ftkit.job.datacheck.JobDataError` before the job folder is
+    made; warnings go to the job log. ``quiet`` prints nothing but errors. Raises
+    :class:`~ftkit.job.store.JobError` when the job fails or is cancelled.
     """
     spec = spec if isinstance(spec, JobSpec) else load_job(spec)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = spec.dataset_files()
+    report = data_report if data_report is not None else check_job_data(spec, files)
+    hub_options(spec.resolved_model())  # a Hub model that cannot be had offline fails here, before the job folder
     root = jobs_dir or os.environ.get("FTKIT_JOBS_DIR") or spec.local.output_dir
     job, resume = _open_everywhere(spec, _data_hashes(files), root, fresh, rank, world)
     if resume == "completed":
@@ -374,7 +404,16 @@ def train(
         return job
     with StopSignals() as signals:
         run = Run(
-            spec, job, resume, files, world=world, writer=rank == 0, quiet=quiet, signals=signals, on_record=on_record
+            spec,
+            job,
+            resume,
+            files,
+            world=world,
+            writer=rank == 0,
+            quiet=quiet,
+            signals=signals,
+            on_record=on_record,
+            data_warnings=tuple(warning_lines(report)),
         )
         try:
             for phase in PHASES:

@@ -20,7 +20,7 @@ from ftkit.job.spec import JobSpec, load_job
 from ftkit.models.device import pick_device, pick_precision
 from ftkit.models.loading import load_tokenizer
 from ftkit.train.memory import GIB, Memory, memory_formula, model_shape
-from ftkit.train.plan import eval_schedule, job_rows, step_plan
+from ftkit.train.plan import eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.timing import Timing
 
 
@@ -239,12 +239,14 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
         schedule=_schedule(spec, len(rows.answers), len(rows.validation_answers), rows.held_out),
         notes=spec.notes,
     )
+    full = est.schedule.steps_per_epoch * hp.n_epochs
     if est.schedule.max_steps:
-        full = est.schedule.steps_per_epoch * hp.n_epochs
         est.notes.append(
             f"local.max_steps={local.max_steps} stops after {local.max_steps} of {full} steps: "
             f"about {local.max_steps / full:.0%} of the training tokens are processed"
         )
+    elif local.max_steps:
+        est.notes.append(max_steps_note(local.max_steps, full, hp.n_epochs))
     enc_train, enc_val, unreachable = _tokens(est, spec, info, rows)
     if unreachable is None or info.kind not in ("hub", "catalog"):
         _memory(est, spec, info)

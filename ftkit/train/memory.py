@@ -7,7 +7,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers
+from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, hub_options
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 1024**3
@@ -58,7 +58,7 @@ def model_shape(info, lora, trust_remote_code: bool = False, last_layers: int | 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(info.source, trust_remote_code=trust_remote_code)
+    cfg = AutoConfig.from_pretrained(info.source, trust_remote_code=trust_remote_code, **hub_options(info))
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft asks a deprecated transformers property
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)

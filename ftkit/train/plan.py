@@ -102,6 +102,14 @@ def step_plan(spec, n_train: int, world: int = 1) -> tuple[int, int, int, int]:
     return micro, accum, per_epoch, min(total, local.max_steps) if local.max_steps else total
 
 
+def max_steps_note(max_steps: int, full: int, n_epochs: int) -> str:
+    """What to tell the user when local.max_steps is more than the job's n_epochs take (it caps, never extends)."""
+    return (
+        f"local.max_steps={max_steps} is more than the {full} steps of n_epochs={n_epochs}: max_steps only caps "
+        f"training, which stops after {full} steps (raise n_epochs for more)"
+    )
+
+
 def eval_schedule(total_steps: int, n_evals: int, has_validation: bool) -> list[int]:
     """Optimizer steps after which to evaluate: ``n_evals`` evenly spaced, the last at the end of training.
 

@@ -4,19 +4,22 @@ the model and Trainer construction that training and the estimate's timed steps 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import sys
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftkit.data.encoding import collator_for
 from ftkit.models.device import Precision
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
 
 
-def build_model(spec, precision: Precision):
+def build_model(spec, precision: Precision, progress: bool | None = None):
     """(model, tokenizer, info, (trainable, total) parameters) of a job: its base model in the training
     precision's load dtype, on the CPU (the Trainer moves it), with LoRA adapters unless lora.enabled is false."""
     hp, local = spec.hyperparameters, spec.local_settings()
@@ -25,6 +28,7 @@ def build_model(spec, precision: Precision):
         device="cpu",
         dtype=precision.load_dtype(hp.lora.enabled),
         trust_remote_code=local.trust_remote_code,
+        progress=progress,
     )
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask
     if hp.lora.enabled:
@@ -62,8 +66,12 @@ def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, pre
 
 
 def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, callbacks=(), cls=None):
-    """A :class:`CountingTrainer` (or the subclass ``cls``) over encoded examples with the batching's collator."""
-    return (cls or CountingTrainer)(
+    """A :class:`CountingTrainer` (or the subclass ``cls``) over encoded examples with the batching's collator.
+
+    The Trainer's own log printing is taken out (ftkit's callback prints one line per logged step, with numbers as
+    numbers): PrinterCallback goes, and the console progress bar stays but stops writing the raw log dicts.
+    """
+    trainer = (cls or CountingTrainer)(
         model=model,
         args=args,
         data_collator=collator_for(batching, tokenizer),
@@ -72,6 +80,39 @@ def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, 
         eval_dataset=evaluation or None,
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(PrinterCallback)
+    if any(type(c) is ProgressCallback for c in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly())
+    return trainer
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextlib.contextmanager
+def without_trainer_chatter():
+    """Drop, for the block only, the Trainer's log warnings that a user cannot act on: checkpoint rotation's note
+    that file times may be unreliable on this filesystem (it then orders checkpoints by number, which is right)."""
+    logger, chatter = logging.getLogger("transformers.trainer_utils"), _DropMessages("mtime may not be reliable")
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
+
+
+class BarOnly(ProgressCallback):
+    """The Trainer's console progress bar without the log dict it writes under the bar at every logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
 
 
 class CountingTrainer(Trainer):
