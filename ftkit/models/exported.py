@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ftkit.errors import FtkitError
 from ftkit.files import atomic_dir, sha256_file
-from ftkit.models.loading import load_model, torch_dtype
+from ftkit.models.loading import load_model, quiet_third_party, torch_dtype
 from ftkit.paths import cache_dir
 
 EXPORT_MANIFEST = "ftkit_export.json"
@@ -109,6 +109,7 @@ def load_exported(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_third_party()
     path = Path(archive)
     folder = path if path.is_dir() else extract_archive(path, dest)
     manifest = read_manifest(folder)

@@ -7,6 +7,9 @@ This is the one tokenizer loader: training, estimates, data checks, previews and
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 from ftkit.errors import FtkitError
 from ftkit.models.catalog import resolve_model
 
@@ -73,6 +76,18 @@ def load_tokenizer(model_ref, trust_remote_code: bool = False, require_chat_temp
     return tok
 
 
+def quiet_third_party() -> None:
+    """Keep two kinds of third-party noise out of notebooks and logs, for the rest of the process: peft reads
+    transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning about the libraries' own code that
+    no user can act on), and transformers draws "Loading weights" / "Writing model shards" bars, which freeze at
+    0% in saved notebook outputs and in logs. Bars stay where stderr is a terminal."""
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def load_model(
     model_ref,
     device: str = "cpu",
@@ -82,6 +97,7 @@ def load_model(
     """Load a causal LM and its tokenizer from any model reference; returns ``(model, tokenizer, info)``."""
     from transformers import AutoModelForCausalLM
 
+    quiet_third_party()
     info = resolve_model(model_ref)
     tokenizer = load_tokenizer(info, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(

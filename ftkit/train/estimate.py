@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ftkit.data.encoding import encode_rows
@@ -22,6 +23,15 @@ from ftkit.models.loading import load_tokenizer
 from ftkit.train.memory import GIB, Memory, memory_formula, model_shape
 from ftkit.train.plan import eval_schedule, job_rows, step_plan
 from ftkit.train.timing import Timing
+
+
+class EstimateCancelled(FtkitError):
+    """The estimate's ``progress`` callback stopped it (the form's Stop button)."""
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called between the estimate's stages and after each timed step; raising
+:class:`EstimateCancelled` stops the estimate there."""
 
 
 @dataclass
@@ -213,7 +223,7 @@ def _schedule(spec, n_train: int, n_val: int, held_out: bool) -> Schedule:
     )
 
 
-def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
+def estimate(spec, measure: bool = True, steps: int = 3, progress: Progress | None = None) -> Estimate:
     """Estimate a job (a :class:`~ftkit.job.spec.JobSpec`, a dict body or a job file) before running it.
 
     Counts tokens with the model's tokenizer exactly as training encodes them, computes the engine's
@@ -221,7 +231,7 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
     against the device's free memory, and with ``measure=True`` builds the real model and times ``steps``
     optimizer steps on the real data after one warm-up step, extrapolated to the whole job. Whatever cannot
     be computed (the tokenizer or model cannot be loaded, e.g. a hub model offline) is stated in ``missing``,
-    never guessed.
+    never guessed. ``progress`` (see :data:`Progress`) hears each stage; it may cancel the estimate.
     """
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
@@ -245,7 +255,11 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
             f"local.max_steps={local.max_steps} stops after {local.max_steps} of {full} steps: "
             f"about {local.max_steps / full:.0%} of the training tokens are processed"
         )
+    total = 2 + (steps + 3 if measure else 0)  # tokens, memory; loading, warm-up + steps, evaluation
+    report = progress or (lambda stage, done, total: None)
+    report("counting tokens", 0, total)
     enc_train, enc_val, unreachable = _tokens(est, spec, info, rows)
+    report("memory", 1, total)
     if unreachable is None or info.kind not in ("hub", "catalog"):
         _memory(est, spec, info)
     else:
@@ -257,8 +271,13 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
     else:
         from ftkit.train.measure import measure_steps  # heavy: imports transformers' Trainer
 
+        def timed(stage: str, done: int) -> None:
+            report(stage, 2 + done, total)
+
         try:
-            est.timing, peak = measure_steps(spec, enc_train, enc_val, steps, est.schedule)
+            est.timing, peak = measure_steps(spec, enc_train, enc_val, steps, est.schedule, timed)
+        except EstimateCancelled:
+            raise
         except Exception as e:
             est.missing.append(
                 f"time: timing training steps failed ({type(e).__name__}: {_first_line(e)}); no time is estimated"
@@ -266,6 +285,7 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
         else:
             if est.memory is not None:
                 est.memory.measured_peak = peak
+    report("done", total, total)
     return est
 
 
