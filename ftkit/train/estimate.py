@@ -69,7 +69,7 @@ class Schedule:
     """Optimizer steps after which the validation data is evaluated."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Estimate:
     """What a job will process and cost on this machine; ``missing`` says what could not be estimated."""
 
@@ -185,6 +185,8 @@ class Estimate:
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self._lines())
         return f"estimate for job {self.job!r}\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in self._lines())
+
+    __repr__ = __str__  # notebooks without HTML (and the text fallback) show the same table
 
     def _repr_html_(self) -> str:
         cells = []
