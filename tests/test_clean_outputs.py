@@ -97,3 +97,16 @@ def test_the_checks_catch_what_they_are_for():
         ]
     )
     assert problems(clean) == []
+
+
+def test_printed_paths_are_relative_to_the_notebook_folder_or_under_home(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ftkit.paths import display_path
+
+    nb = tmp_path / "repo" / "notebooks"
+    nb.mkdir(parents=True)
+    monkeypatch.chdir(nb)
+    assert display_path(tmp_path / "repo" / "out" / "cookbook" / "job.json") == "../out/cookbook/job.json"
+    assert display_path(Path.home() / ".cache" / "ftkit") == "~/.cache/ftkit"
+    assert display_path("/usr/share") == "/usr/share"  # far away and outside home: kept whole
