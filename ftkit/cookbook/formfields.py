@@ -112,9 +112,13 @@ class FormFields:
         self._add(
             "name", _text(body.get("name", "my-job"), "name"), "The job's name; also its id: running it again resumes."
         )
-        self._add("base_model_id", _dropdown(models, "bundled", "base model"), "A model of the catalog, or:")
-        other = _text("", "or model", "a local model folder or a Hugging Face repo id (overrides the list)")
-        self._add("model_other", other, "Leave empty to use the model chosen above.")
+        self._add(
+            "base_model_id",
+            _dropdown(models, "bundled", "base model"),
+            "The service's models and the bundled CPU model.",
+        )
+        other = _text("", "or model", "a local model folder or a Hugging Face repo id")
+        self._add("model_other", other, "Overrides the list above when given; leave empty to use it.")
         train = _text(self._shown_path(ds.get("id", "")), "train data", "a CSV file, or a folder with train.csv")
         self._add("dataset.id", train, "Relative paths start at the notebook's folder.")
         val = _text(
@@ -149,8 +153,10 @@ class FormFields:
         grid = W.GridBox(
             list(self.modules.values()), layout=W.Layout(grid_template_columns="repeat(4, 130px)", width="560px")
         )
-        label = W.Label("trainable_modules", layout=W.Layout(width=LABEL_WIDTH, min_width=LABEL_WIDTH))
-        label.add_class("ftkit-label")
+        label = W.HTML(
+            "<div style='text-align:right;padding-right:8px'>trainable_modules</div>",
+            layout=W.Layout(width=LABEL_WIDTH, min_width=LABEL_WIDTH),
+        )
         self._add_row(
             "hyperparameters.lora.trainable_modules",
             W.HBox([label, grid]),
@@ -253,7 +259,7 @@ class FormFields:
             [
                 W.HBox([self.estimate_button, self.estimate_measure, self.estimate_steps]),
                 self.estimate_panel,
-                self.preview_button,
+                W.HBox([self.preview_button]),
                 self.preview_html,
                 W.HBox([self.save_path, self.save_button]),
                 self.save_status,

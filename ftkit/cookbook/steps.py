@@ -170,7 +170,7 @@ def plot_token_lengths(data_dir: str | os.PathLike, model: str = "bundled", out:
     lo, hi = min(map(min, splits.values())), max(map(max, splits.values()))
     bins = list(range(lo, hi + (hi - lo) // 30 + 2, max(1, (hi - lo) // 30 + 1)))
     colours = {"train": "#1f77b4", "validation": "#d62728", "test": "#2ca02c"}
-    for split, counts in splits.items():
+    for split, counts in sorted(splits.items(), key=lambda kv: -len(kv[1])):  # the smallest split on top
         label = f"{split} ({len(counts)} rows, max {max(counts)})"
         ax.hist(counts, bins=bins, histtype="stepfilled", alpha=0.25, color=colours[split])
         ax.hist(counts, bins=bins, histtype="step", linewidth=1.8, color=colours[split], label=label)
