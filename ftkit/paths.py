@@ -29,3 +29,17 @@ def shared_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def display_path(path: str | os.PathLike, start: str | os.PathLike | None = None) -> str:
+    """A path as ftkit prints it, free of the machine's layout where that is unambiguous: relative to ``start``
+    (default: the current folder) when it is inside start's parent, else under ``~`` when in the home folder, else
+    absolute. Notebook outputs stay the same on every machine: ``../out/cookbook/runs/job``, ``~/.cache/ftkit``."""
+    p = Path(path).expanduser().absolute()
+    rel = os.path.relpath(p, start if start is not None else Path.cwd())
+    if Path(rel).parts.count("..") <= 1:
+        return rel
+    home = Path.home()
+    if p.is_relative_to(home):
+        return str(Path("~") / p.relative_to(home))
+    return str(p)

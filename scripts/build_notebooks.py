@@ -167,12 +167,20 @@ print(ftkit.cookbook.validation_messages({
         ),
         code("ftkit.cookbook.preview_example(spec)"),
         md(
-            "## The form\nIn JupyterLab this form edits the same job, validates as you type, estimates, previews, and "
-            "saves. Under papermill it is not needed: the parameters above define the job."
+            "## The form\nIn JupyterLab this form edits the same job: problems show beside their fields as you type; "
+            "**Estimate** runs beside the kernel (with progress and Stop), **Show a training example** cuts the row "
+            "as the job will, and **Save job** writes `<run_dir>/job.json`, the file notebook 3 trains. Under "
+            "papermill there is no one to click: the parameters above define the job."
         ),
-        code("form = ftkit.JobForm(spec)\nform", ["nbval-skip"]),
-        md("## Save"),
-        code("ftkit.save_job(spec, paths.job_file)\nprint('saved', paths.job_file.name)"),
+        code(
+            "form = ftkit.JobForm(spec, save_path=paths.job_file, estimate_steps=estimate_steps)\nform",
+            IGNORE,
+        ),
+        md(
+            "## Save\nWrites the parameters' job to `<run_dir>/job.json` — unless the form saved one there, which "
+            "then stays (run this cell again after **Save job**: the form's job is kept, not overwritten)."
+        ),
+        code("spec = ftkit.cookbook.save_or_keep_job(spec, paths.job_file, form)"),
     ],
 )
 
@@ -283,7 +291,7 @@ table
             "## Export\nThe adapter archive is small; the merged archive holds a full model that loads without peft "
             "(checked against base + adapter on a probe prompt before packing)."
         ),
-        code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz')", IGNORE),
+        code("ftkit.export_job(job, out=paths.exports / 'adapter.tar.gz').name", IGNORE),
         code(
             "ftkit.cookbook.export_merged(job, paths.exports / 'merged.tar.gz', enabled=export_merged)",
             IGNORE,

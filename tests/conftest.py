@@ -58,3 +58,11 @@ def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test (browser screenshots)."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

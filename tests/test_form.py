@@ -38,7 +38,7 @@ def test_columns_come_from_the_csv_header_and_errors_follow_the_values(tmp_path,
     assert "dataset.id" in form.message_for("dataset.id")  # empty until a file is named
     form.widgets["dataset.id"].value = "data"  # relative to base_dir; a folder holding train.csv
     prompt, answer = form.widgets["dataset.prompt_column"], form.widgets["dataset.answer_column"]
-    assert [v for _, v in prompt.options] == [None, "question", "reply", "source"]
+    assert [v for _, v in prompt.options] == ["", "question", "reply", "source"]  # "" = no prompt column
     assert list(answer.options) == ["question", "reply", "source"]
     # no column is called "answer": nothing is guessed, the form says the field is required
     assert answer.value is None and "dataset.answer_column: is required" in form.message_for("dataset.answer_column")
@@ -177,10 +177,10 @@ def test_changing_the_model_offers_its_batch_sizes(tmp_path, data, tiny_model_di
         }
     )
     bs, micro = form.widgets["hyperparameters.batch_size"], form.widgets["local.micro_batch_size"]
-    assert bs.value == 6 and micro.value == 3 and [v for _, v in micro.options] == [None, 1, 2, 3, 6]
+    assert bs.value == 6 and micro.value == 3 and [v for _, v in micro.options] == [0, 1, 2, 3, 6]  # 0 = auto
     form.widgets["base_model_id"].value = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"  # Qwen2-1.5B-Instruct
     assert tuple(bs.options) == CATALOG_BATCH_SIZES and bs.value == 4  # nearest offered size
-    assert [v for _, v in micro.options] == [None, 1, 2, 4] and micro.value is None  # 3 no longer divides
+    assert [v for _, v in micro.options] == [0, 1, 2, 4] and micro.value == 0  # 3 no longer divides: auto
     assert form.errors == []
     form.widgets["model_other"].value = str(tiny_model_dir)  # a local folder overrides the list
     assert form.spec.base_model_id == str(tiny_model_dir) and len(bs.options) == 64
@@ -199,6 +199,7 @@ def test_estimate_and_preview_panels(tmp_path, data, tiny_model_dir):
     )
     form.estimate_measure.value = False
     form.estimate_button.click()
+    form.wait_estimate(120)
     assert form.last_estimate is not None and form.last_estimate.schedule.train_rows == 12
     assert "Estimate for job tiny" in form.estimate_html.value and "priced tokens" in form.estimate_html.value
 
@@ -216,7 +217,74 @@ def test_the_form_displays_headless(tmp_path):
     display(form)  # no frontend, no kernel: must not raise
     accordion = next(c for c in form.widget.children if type(c).__name__ == "Accordion")
     assert accordion.selected_index is None  # the local settings start collapsed
-    assert "none checked = all linear layers" in str(form.widget.children)
+    assert "None checked = all linear layers" in str(form.widget.children)
+    assert "Peak learning rate of the linear schedule." in str(form.widget.children)  # help under its field
+
+
+def test_readers_without_widgets_see_a_table_of_the_job_with_relative_paths(tmp_path, data):
+    body = {"name": "j", "base_model_id": "bundled", "dataset": {"id": str(data), "answer_column": "reply"}}
+    form = JobForm(body, base_dir=tmp_path, save_path=tmp_path / "job.json")
+    assert form.widgets["dataset.id"].value == "data" and form.save_path.value == "job.json"  # shown relative
+    bundle = form._repr_mimebundle_()
+    assert bundle["text/plain"] == "JobForm(job 'j', valid): run the notebook to edit it"
+    table = unescape(re.sub(r"<[^>]+>", " ", bundle["text/html"]))
+    assert "hyperparameters.learning_rate" in table and "dataset.id   data" in table
+    assert str(tmp_path) not in bundle["text/html"]
+    form.widgets["hyperparameters.weight_decay"].value = -1.0
+    assert "weight_decay: is too small" in form._repr_mimebundle_()["text/html"]
+
+
+def test_the_estimate_runs_beside_the_kernel_and_stops_when_asked(tmp_path, data, tiny_model_dir):
+    body = {"name": "t", "base_model_id": str(tiny_model_dir), "dataset": {"id": str(data), "answer_column": "reply"}}
+    form = JobForm(body, estimate_steps=2)
+    assert form.estimate_steps.value == 2
+    form.estimate_button.click()
+    assert form.estimate_button.disabled and form.estimate_running.layout.display == "flex"  # progress and Stop
+    form.stop_button.click()
+    form.wait_estimate(120)
+    assert "Estimate cancelled" in form.estimate_html.value and form.last_estimate is None
+    assert not form.estimate_button.disabled and form.estimate_running.layout.display == "none"
+
+    seen = []
+    form._progress = lambda stage, done, total: seen.append((stage, done, total))  # what the bar is told
+    form.estimate_button.click()
+    form.wait_estimate(300)
+    assert form.last_estimate.timing.measured_steps == 2 and "Estimate for job t" in form.estimate_html.value
+    stages = [stage for stage, _, _ in seen]
+    assert stages[:3] == ["counting tokens", "memory", "loading the model"] and stages[-1] == "done"
+    assert "timed step 3 of 3" in stages and [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+
+
+def test_save_or_keep_job_keeps_what_the_form_saved(tmp_path, data, capsys):
+    from ftkit.cookbook import save_or_keep_job
+
+    body = {"name": "params", "base_model_id": "bundled", "dataset": {"id": str(data), "answer_column": "reply"}}
+    spec, job_file = load_job(body), tmp_path / "run" / "job.json"
+    job_file.parent.mkdir()
+    form = JobForm(spec, save_path=job_file)
+    save_or_keep_job(spec, job_file, form)  # nothing saved by the form yet: the parameters' job
+    assert json.loads(job_file.read_text())["name"] == "params" and "parameters' job" in capsys.readouterr().out
+    form.widgets["name"].value = "edited"
+    form.widgets["hyperparameters.learning_rate"].value = 0.00012345
+    form.save_button.click()
+    assert f"saved to <code>{job_file.resolve()}</code>" in form.save_status.value
+    kept = save_or_keep_job(spec, job_file, form)
+    assert (kept.name, kept.hyperparameters.learning_rate) == ("edited", 0.00012345)
+    assert json.loads(job_file.read_text())["hyperparameters"]["learning_rate"] == 0.00012345
+    assert "kept the job saved by the form" in capsys.readouterr().out
+    save_or_keep_job(spec, job_file, None)  # papermill: no form, the parameters win
+    assert json.loads(job_file.read_text())["name"] == "params"
+
+
+def test_the_preview_cuts_a_long_row_as_the_job_does(bundled_model_dir):
+    tok = AutoTokenizer.from_pretrained(bundled_model_dir)
+    prompt, answer = "Question: is this long? " + "Context sentence. " * 60, "yes. It is long."
+    html = render_trained_tokens(tok, prompt, answer, mask_prompt=True, max_seq_length=64)
+    spans = _spans(html)
+    trained = "".join(t for c, t in spans if c.startswith("trained"))
+    assert trained == answer + tok.eos_token  # the answer stays whole, the prompt is shortened
+    assert "64 tokens" in unescape(html) and "to max_seq_length=64 as the job cuts it" in unescape(html)
+    assert "cut from" not in render_trained_tokens(tok, "short?", answer, mask_prompt=True, max_seq_length=64)
 
 
 def _spans(html: str) -> list[tuple[str, str]]:

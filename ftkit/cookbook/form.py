@@ -1,36 +1,49 @@
 """A job form for notebooks (ipywidgets): every job field with the spec's ranges, validation messages beside
-the fields as you type, column choices read from the CSV header, an estimate panel, a preview of one training
-example coloured by trained tokens, and "Save job".
+the fields as you type, column choices read from the CSV header, an estimate that runs beside the kernel (progress,
+Stop), a preview of one training example coloured by trained tokens and cut like the job cuts it, and "Save job".
 
 The form only writes a job body and checks it with :func:`ftkit.job.spec.load_job`; nothing depends on it.
 Notebooks run headless (papermill) take the job from their parameters instead, and displaying the form there
-is harmless.
+is harmless: without a frontend it shows as a static table of the job (also what a reader sees before running).
 """
 
 from __future__ import annotations
 
 import csv
 import html
+import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
-from ftkit.cookbook.formfields import HP_FIELDS, LORA_FIELDS, ZERO_IS_NULL, FormFields, csv_header, default
+from ftkit.cookbook.formfields import HP_FIELDS, LORA_FIELDS, NO_PROMPT, ZERO_IS_NULL, FormFields, csv_header, default
 from ftkit.cookbook.tokenview import render_trained_tokens
 from ftkit.job.problems import JobSpecError, JobSpecWarning, SpecProblem
 from ftkit.job.save import save_job
 from ftkit.job.spec import JobSpec, LocalSettings, load_job
 from ftkit.models.catalog import ANY_BATCH_SIZE, resolve_model
 from ftkit.models.loading import load_tokenizer
-from ftkit.train.estimate import estimate
+from ftkit.train.estimate import EstimateCancelled, estimate
 
 
 class JobForm(FormFields):
     """Fill in a fine-tuning job. ``form.spec`` is the validated :class:`~ftkit.job.spec.JobSpec` (it raises
     :class:`~ftkit.job.problems.JobSpecError` with every problem the form shows); ``form.widgets`` maps field paths
-    to their widgets, ``form.errors`` lists the current problems. Display it by leaving it last in a cell."""
+    to their widgets, ``form.errors`` lists the current problems. Display it by leaving it last in a cell.
 
-    def __init__(self, spec=None, *, base_dir: str | Path | None = None, save_path: str = "job.json"):
+    ``save_path`` is where "Save job" writes (notebook 02 passes the job file notebook 03 trains); ``saved_to`` is
+    the file the last successful save wrote. ``estimate_steps`` is the estimate's default number of timed steps.
+    Relative paths in the fields are relative to ``base_dir`` (the job's folder, else the current folder)."""
+
+    def __init__(
+        self,
+        spec=None,
+        *,
+        base_dir: str | Path | None = None,
+        save_path: str | os.PathLike = "job.json",
+        estimate_steps: int = 3,
+    ):
         if spec is not None and not isinstance(spec, JobSpec):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", JobSpecWarning)
@@ -39,9 +52,12 @@ class JobForm(FormFields):
         self.errors: list[SpecProblem] = []
         self.notes: list[str] = []
         self.last_estimate = None
+        self.saved_to: Path | None = None
+        self._estimating: threading.Thread | None = None
+        self._stop = threading.Event()
         self._tokenizers: dict = {}
         self._quiet = True
-        self._build(spec.normalized() if spec is not None else None, save_path)
+        self._build(spec.normalized() if spec is not None else None, save_path, estimate_steps)
         if spec is not None:
             self._select_model(spec.base_model_id, spec.resolved_model())
         self._update_batch_sizes()
@@ -82,8 +98,8 @@ class JobForm(FormFields):
         mb, batch = self.widgets["local.micro_batch_size"], self.widgets["hyperparameters.batch_size"].value
         current, self._micro_initial = (mb.value, None) if self._micro_initial is None else (self._micro_initial, None)
         divisors = [d for d in range(1, batch + 1) if batch % d == 0]
-        mb.options = [("auto (= batch_size)", None)] + [(str(d), d) for d in divisors]
-        mb.value = current if current in divisors else None
+        mb.options = [("auto (= batch_size)", 0)] + [(str(d), d) for d in divisors]
+        mb.value = current if current in divisors else 0
 
     def _update_columns(self, keep: bool = False) -> None:
         """Column choices from the training CSV's header. The current column stays selected when the header
@@ -104,9 +120,9 @@ class JobForm(FormFields):
             else:
                 chosen.append(preferred if preferred in cols else None)
         extra = lambda c: [c] if c and c not in cols else []  # noqa: E731
-        pr.options = [("(none: train on answers only)", None)] + [(c, c) for c in cols + extra(chosen[0])]
+        pr.options = [("(none: train on answers only)", NO_PROMPT)] + [(c, c) for c in cols + extra(chosen[0])]
         an.options = cols + extra(chosen[1])
-        pr.value, an.value = chosen
+        pr.value, an.value = chosen[0] or NO_PROMPT, chosen[1]
 
     def _update_lora(self) -> None:
         off = not self.widgets["hyperparameters.lora.enabled"].value
@@ -141,7 +157,7 @@ class JobForm(FormFields):
         their defaults."""
         v = {p: w.value for p, w in self.widgets.items()}
         dataset = {"id": v["dataset.id"].strip()}
-        if v["dataset.prompt_column"] is not None:
+        if v["dataset.prompt_column"] not in (None, NO_PROMPT):
             dataset["prompt_column"] = v["dataset.prompt_column"]
         if v["dataset.answer_column"] is not None:
             dataset["answer_column"] = v["dataset.answer_column"]
@@ -220,15 +236,49 @@ class JobForm(FormFields):
 
     # --- actions ---
     def _estimate(self, _=None) -> None:
-        self.estimate_html.value = "<i>estimating...</i>"
+        """Start the estimate in a thread, so the kernel stays free; progress and Stop show while it runs."""
+        if self._estimating is not None and self._estimating.is_alive():
+            return
         try:
-            self.last_estimate = estimate(
-                self.spec, measure=self.estimate_measure.value, steps=self.estimate_steps.value
-            )
-        except Exception as e:  # shown in the panel: a notebook user should not get a traceback here
+            spec = self.spec
+        except JobSpecError as e:
             self.estimate_html.value = f"<pre style='color:#b00020'>{html.escape(str(e))}</pre>"
             return
-        self.estimate_html.value = self.last_estimate._repr_html_()
+        self._stop.clear()
+        self.estimate_progress.value, self.estimate_stage.value = 0, "starting"
+        self.estimate_html.value = ""
+        self.estimate_running.layout.display = "flex"
+        self.estimate_button.disabled = True
+        args = (spec, self.estimate_measure.value, self.estimate_steps.value)
+        self._estimating = threading.Thread(target=self._run_estimate, args=args, daemon=True)
+        self._estimating.start()
+
+    def _run_estimate(self, spec, measure: bool, steps: int) -> None:
+        try:
+            self.last_estimate = estimate(spec, measure=measure, steps=steps, progress=self._progress)
+            result = self.last_estimate._repr_html_()
+        except EstimateCancelled:
+            result = "<b>Estimate cancelled</b> (Stop): nothing was measured; press Estimate to start again."
+        except Exception as e:  # shown in the panel: a notebook user should not get a traceback here
+            result = f"<pre style='color:#b00020'>{html.escape(str(e))}</pre>"
+        self.estimate_running.layout.display = "none"
+        self.estimate_button.disabled = False
+        self.estimate_html.value = result
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self._stop.is_set():
+            raise EstimateCancelled("the estimate was stopped")
+        self.estimate_progress.max, self.estimate_progress.value = total, done
+        self.estimate_stage.value = f"{stage} ({done}/{total})"
+
+    def _stop_estimate(self, _=None) -> None:
+        self._stop.set()
+        self.estimate_stage.value = "stopping after the current step..."
+
+    def wait_estimate(self, timeout: float | None = None) -> None:
+        """Wait for a running estimate to finish (for scripts and tests; the form itself never blocks)."""
+        if self._estimating is not None:
+            self._estimating.join(timeout)
 
     def _preview(self, _=None) -> None:
         try:
@@ -244,18 +294,60 @@ class JobForm(FormFields):
             ds = spec.dataset
             prompt = row[ds.prompt_column] if ds.prompt_column else None
             self.preview_html.value = render_trained_tokens(
-                self._tokenizers[key], prompt, row[ds.answer_column], spec.hyperparameters.mask_prompt_labels
+                self._tokenizers[key],
+                prompt,
+                row[ds.answer_column],
+                spec.hyperparameters.mask_prompt_labels,
+                max_seq_length=spec.max_seq_length(),
             )
         except Exception as e:
             self.preview_html.value = f"<pre style='color:#b00020'>{html.escape(str(e))}</pre>"
 
     def _save(self, _=None) -> None:
+        target = Path(self.save_path.value.strip()).expanduser()
+        target = target if target.is_absolute() else self.base_dir / target
         try:
-            path = save_job(self.spec, Path(self.save_path.value).expanduser())
+            path = save_job(self.spec, target)
         except (JobSpecError, OSError) as e:
             self.save_status.value = f"<pre style='color:#b00020'>not saved: {html.escape(str(e))}</pre>"
             return
-        self.save_status.value = f"saved to <code>{html.escape(str(path))}</code>"
+        self.saved_to = path.resolve()
+        self.save_status.value = f"saved to <code>{html.escape(str(self.saved_to))}</code>"
+
+    def _shown_path(self, text: str) -> str:
+        """A path as the form shows it: relative to base_dir when that stays short, else as given."""
+        path = Path(text).expanduser()
+        if not text or not path.is_absolute():
+            return text
+        rel = os.path.relpath(path, self.base_dir)
+        return rel if Path(rel).parts.count("..") <= 1 else text
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widgets, with a static table of the job for frontends without widgets (GitHub, a notebook
+        opened before running) and a one-line text."""
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        state = "valid" if not self.errors else f"{len(self.errors)} problem(s)"
+        bundle["text/plain"] = f"JobForm(job {self.widgets['name'].value!r}, {state}): run the notebook to edit it"
+        bundle["text/html"] = self._snapshot_html()
+        return bundle
+
+    def _snapshot_html(self) -> str:
+        rows, body = [], self.body()
+        hp = body.get("hyperparameters", {})
+        flat = {"name": body["name"], "base_model_id": body["base_model_id"]}
+        flat |= {f"dataset.{k}": v for k, v in body["dataset"].items()}
+        flat |= {f"hyperparameters.{k}": v for k, v in hp.items() if k != "lora"}
+        flat |= {f"hyperparameters.lora.{k}": v for k, v in hp.get("lora", {}).items()}
+        flat |= {f"local.{k}": v for k, v in body.get("local", {}).items()}
+        for key, value in flat.items():
+            value = self._shown_path(value) if isinstance(value, str) else value
+            msg = self.message_for(key) if key in self._messages else ""
+            rows.append(
+                f"<tr><td style='text-align:left'><code>{html.escape(key)}</code></td>"
+                f"<td style='text-align:left'>{html.escape(str(value))}</td>"
+                f"<td style='text-align:left;color:#b00020'>{html.escape(msg)}</td></tr>"
+            )
+        return (
+            "<div class='ftkit-job-form-static'><b>Job form</b> (a picture of the form: run the notebook in "
+            f"JupyterLab to edit the job and save it)<table>{''.join(rows)}</table></div>"
+        )

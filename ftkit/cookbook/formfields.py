@@ -1,5 +1,11 @@
 """The widgets of :class:`ftkit.cookbook.form.JobForm`: one per job field, with the ranges and help text read from
-the spec's pydantic models (so the form and the spec cannot drift), laid out in sections."""
+the spec's pydantic models (so the form and the spec cannot drift), laid out in rows a person can read: the field
+at a width that fits its content, a one-line description under it, and its problem beside it.
+
+Floats are text boxes, so a typed value is the saved value (a log slider snaps the learning rate in the browser);
+bounded integers are sliders with an editable readout. Dropdown choices that mean "none" use a sentinel ("" or 0),
+because a dropdown whose value is None shows blank.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,11 @@ from ftkit.models.catalog import list_models
 
 HP_FIELDS = HYPERPARAMETER_FIELDS
 LORA_FIELDS = ("enabled", "r", "alpha", "dropout")
-ZERO_IS_NULL = ("max_seq_length", "max_steps", "max_train_rows", "save_steps")  # 0 in the box = null
-_WIDE = {"description_width": "150px"}
+ZERO_IS_NULL = ("max_seq_length", "max_steps", "max_train_rows", "save_steps", "micro_batch_size")  # 0 = null
+NO_PROMPT = ""  # the prompt-column choice "none"
+LABEL_WIDTH = "150px"
+_STYLE = {"description_width": LABEL_WIDTH}
+WIDTHS = {"path": "640px", "choice": "480px", "slider": "480px", "number": "300px"}
 _BIG = 10**9
 
 
@@ -32,7 +41,13 @@ def default(cls, name: str):
 
 
 def _doc(cls, name: str) -> str:
-    return " ".join((cls.model_fields[name].description or "").split())
+    """The field's description, first sentence: the help line under the field."""
+    text = " ".join((cls.model_fields[name].description or "").split())
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def _layout(kind: str) -> W.Layout:
+    return W.Layout(width=WIDTHS[kind], flex="0 0 auto")
 
 
 def csv_header(path: str | Path) -> list[str] | None:
@@ -47,39 +62,37 @@ def csv_header(path: str | Path) -> list[str] | None:
 
 
 def _widget_for(cls, name: str, value):
-    """A bounded input with the spec's range, or a plain one where the spec has no upper limit (then an
-    out-of-range value reaches the validation and is reported, rather than being silently clamped)."""
+    """An input with the spec's range where a slider fits it; text boxes elsewhere (then an out-of-range value
+    reaches the validation and is reported beside the field, rather than being silently clamped)."""
     lo, hi = _range(cls, name)
     kind = type(default(cls, name) if value is None else value)
     if name in ZERO_IS_NULL:
-        return W.BoundedIntText(value=value or 0, min=0, max=_BIG, description=f"{name} (0 = auto)", style=_WIDE)
-    if kind is bool:
-        return W.Checkbox(value=value, description=name, style=_WIDE, indent=False)
-    if name == "learning_rate":
-        return W.FloatLogSlider(
-            value=value,
-            base=10,
-            min=-8,
-            max=-2,
-            step=0.05,
-            readout_format=".1e",
-            description=name,
-            style=_WIDE,
+        return W.BoundedIntText(
+            value=value or 0, min=0, max=_BIG, description=name, style=_STYLE, layout=_layout("number")
         )
+    if kind is bool:
+        return W.Checkbox(value=value, description=name, style=_STYLE, indent=True, layout=_layout("choice"))
     if kind is int and hi is not None and hi - lo <= 100:
-        return W.IntSlider(value=value, min=lo, max=hi, description=name, style=_WIDE)
-    if kind is float and hi is not None:
-        return W.FloatSlider(value=value, min=lo, max=hi, step=0.01, description=name, style=_WIDE)
+        return W.IntSlider(value=value, min=lo, max=hi, description=name, style=_STYLE, layout=_layout("slider"))
     if kind is int:
-        return W.BoundedIntText(value=value, min=lo, max=hi if hi is not None else _BIG, description=name, style=_WIDE)
-    return W.FloatText(value=value, description=name, style=_WIDE)
+        hi = hi if hi is not None else _BIG
+        return W.BoundedIntText(value=value, min=lo, max=hi, description=name, style=_STYLE, layout=_layout("number"))
+    return W.FloatText(value=value, description=name, style=_STYLE, layout=_layout("number"))
+
+
+def _text(value: str, description: str, placeholder: str = "") -> W.Text:
+    return W.Text(value=value, description=description, placeholder=placeholder, style=_STYLE, layout=_layout("path"))
+
+
+def _dropdown(options, value, description: str) -> W.Dropdown:
+    return W.Dropdown(options=options, value=value, description=description, style=_STYLE, layout=_layout("choice"))
 
 
 class FormFields:
     """Builds the widgets; :class:`~ftkit.cookbook.form.JobForm` adds the behaviour."""
 
     # --- building ---
-    def _build(self, body: dict | None, save_path: str) -> None:
+    def _build(self, body: dict | None, save_path: str, estimate_steps: int) -> None:
         body = body or {}
         self.widgets: dict[str, W.ValueWidget] = {}
         self._messages: dict[str, W.HTML] = {}
@@ -88,47 +101,38 @@ class FormFields:
         self._training_fields(body.get("hyperparameters", {}))
         self._local_fields(body.get("local", {}))
         self.messages = W.HTML()
-        self._build_actions(save_path)
+        self._build_actions(save_path, estimate_steps)
         self.widget = self._layout()
+        self.widget.add_class("ftkit-job-form")
 
     def _job_fields(self, body: dict) -> None:
         """Name, base model, data files and columns."""
         local, ds = body.get("local", {}), body.get("dataset", {})
         models = [(f"{m.name} ({m.kind})", m.id or "bundled") for m in list_models()]
-        self._add("name", W.Text(value=body.get("name", "my-job"), description="name", style=_WIDE))
+        self._add(
+            "name", _text(body.get("name", "my-job"), "name"), "The job's name; also its id: running it again resumes."
+        )
         self._add(
             "base_model_id",
-            W.Dropdown(options=models, value="bundled", description="base model", style=_WIDE),
+            _dropdown(models, "bundled", "base model"),
+            "The service's models and the bundled CPU model.",
         )
+        other = _text("", "or model", "a local model folder or a Hugging Face repo id")
+        self._add("model_other", other, "Overrides the list above when given; leave empty to use it.")
+        train = _text(self._shown_path(ds.get("id", "")), "train data", "a CSV file, or a folder with train.csv")
+        self._add("dataset.id", train, "Relative paths start at the notebook's folder.")
+        val = _text(
+            self._shown_path(local.get("validation_file") or ""),
+            "validation CSV",
+            "optional: else the folder's validation.csv, else 1% of the training rows",
+        )
+        self._add("local.validation_file", val, "Evaluated n_evals times during training.")
         self._add(
-            "model_other",
-            W.Text(
-                value="",
-                description="or model",
-                style=_WIDE,
-                placeholder="a local model folder or a Hugging Face repo id",
-            ),
+            "dataset.prompt_column",
+            _dropdown([], None, "prompt column"),
+            "The CSV column with the prompts; none trains on the answers alone.",
         )
-        self._add(
-            "dataset.id",
-            W.Text(
-                value=ds.get("id", ""),
-                description="train data",
-                style=_WIDE,
-                placeholder="a CSV file, or a folder with train.csv",
-            ),
-        )
-        self._add(
-            "local.validation_file",
-            W.Text(
-                value=local.get("validation_file") or "",
-                style=_WIDE,
-                description="validation CSV",
-                placeholder="optional: else validation.csv or a 1% hold-out",
-            ),
-        )
-        self._add("dataset.prompt_column", W.Dropdown(options=[], description="prompt column", style=_WIDE))
-        self._add("dataset.answer_column", W.Dropdown(options=[], description="answer column", style=_WIDE))
+        self._add("dataset.answer_column", _dropdown([], None, "answer column"), "The CSV column the model learns.")
         self._columns = (ds.get("prompt_column"), ds.get("answer_column")) if ds else ("prompt", "answer")
 
     def _training_fields(self, hp: dict) -> None:
@@ -136,26 +140,27 @@ class FormFields:
         lora = hp.get("lora", {})
         for name in HP_FIELDS:
             value = hp.get(name, default(Hyperparameters, name))
-            w = (
-                W.Dropdown(options=[value], value=value, description=name, style=_WIDE)
-                if name == "batch_size"
-                else _widget_for(Hyperparameters, name, value)
-            )
+            w = _dropdown([value], value, name) if name == "batch_size" else _widget_for(Hyperparameters, name, value)
             self._add(f"hyperparameters.{name}", w, _doc(Hyperparameters, name))
         for name in LORA_FIELDS:
             value = lora.get(name, default(LoraSpec, name))
             self._add(f"hyperparameters.lora.{name}", _widget_for(LoraSpec, name, value), _doc(LoraSpec, name))
         chosen = set(lora.get("trainable_modules", []))
         self.modules = {
-            m: W.Checkbox(value=m in chosen, description=m, indent=False, layout=W.Layout(width="110px"))
+            m: W.Checkbox(value=m in chosen, description=m, indent=False, layout=W.Layout(width="130px"))
             for m in LORA_MODULES
         }
+        grid = W.GridBox(
+            list(self.modules.values()), layout=W.Layout(grid_template_columns="repeat(4, 130px)", width="560px")
+        )
+        label = W.HTML(
+            "<div style='text-align:right;padding-right:8px'>trainable_modules</div>",
+            layout=W.Layout(width=LABEL_WIDTH, min_width=LABEL_WIDTH),
+        )
         self._add_row(
             "hyperparameters.lora.trainable_modules",
-            [
-                W.HTML("<b>trainable_modules</b>: none checked = all linear layers (all-linear)"),
-                W.HBox(list(self.modules.values())),
-            ],
+            W.HBox([label, grid]),
+            "None checked = all linear layers (all-linear).",
         )
 
     def _local_fields(self, local: dict) -> None:
@@ -165,16 +170,16 @@ class FormFields:
                 continue
             value = local.get(name, default(LocalSettings, name))
             if name == "micro_batch_size":
-                w = W.Dropdown(options=[("auto (= batch_size)", None)], value=None, description=name, style=_WIDE)
-                self._micro_initial = value
+                w = _dropdown([("auto (= batch_size)", 0)], 0, name)
+                self._micro_initial = value or 0
             elif name in ("precision", "batching", "device"):
-                choices = LocalSettings.model_fields[name].annotation.__args__
-                w = W.Dropdown(options=choices, value=value, description=name, style=_WIDE)
+                w = _dropdown(LocalSettings.model_fields[name].annotation.__args__, value, name)
             elif name == "output_dir":
-                w = W.Text(value=value, description=name, style=_WIDE)
+                w = _text(value, name)
             else:
                 w = _widget_for(LocalSettings, name, value)
-            self._add(f"local.{name}", w, _doc(LocalSettings, name))
+            doc = _doc(LocalSettings, name) + (" 0 = auto (null)." if name in ZERO_IS_NULL else "")
+            self._add(f"local.{name}", w, doc)
 
     def _layout(self):
         """Sections in the order a user fills them in; the local settings collapsed."""
@@ -185,7 +190,7 @@ class FormFields:
             titles=("Local settings (optional: seed, memory, precision, device, output)",),
         )
         local_box.selected_index = None
-        section = lambda t: W.HTML(f"<b>{t}</b>")  # noqa: E731
+        section = lambda t: W.HTML(f"<h4 style='margin:10px 0 2px 0'>{t}</h4>")  # noqa: E731
         rows = lambda prefix: [r for p, r in self._rows.items() if p.startswith(prefix)]  # noqa: E731
         return W.VBox(
             [
@@ -203,38 +208,58 @@ class FormFields:
                 local_box,
                 self.messages,
                 self._actions,
-            ]
+            ],
+            layout=W.Layout(max_width="1100px"),
         )
 
     def _add(self, path: str, widget, doc: str = "") -> None:
         widget.tooltip = doc or None
         self.widgets[path] = widget
-        self._add_row(path, [widget])
+        self._add_row(path, widget, doc)
 
-    def _add_row(self, path: str, children: list) -> None:
-        self._messages[path] = W.HTML()
-        self._rows[path] = W.HBox([*children, self._messages[path]])
-
-    def _build_actions(self, save_path: str) -> None:
-        self.estimate_button = W.Button(description="Estimate", icon="calculator")
-        self.estimate_measure = W.Checkbox(
-            value=True, description="time a few training steps (loads the model)", indent=False
+    def _add_row(self, path: str, field, doc: str) -> None:
+        """The field, its problem beside it (wrapping in the space left, never squashing the field), and its help
+        line under it, indented to the field."""
+        self._messages[path] = W.HTML(layout=W.Layout(flex="1 1 0%", min_width="220px", margin="0 0 0 12px"))
+        help_line = W.HTML(
+            f"<span style='color:#616161;font-size:90%'>{doc}</span>" if doc else "",
+            layout=W.Layout(margin=f"-4px 0 4px calc({LABEL_WIDTH} + 8px)"),
         )
-        self.estimate_steps = W.BoundedIntText(value=3, min=1, max=50, description="steps", layout={"width": "140px"})
+        row = W.VBox([W.HBox([field, self._messages[path]], layout=W.Layout(align_items="center")), help_line])
+        row.add_class("ftkit-field")
+        self._rows[path] = row
+
+    def _build_actions(self, save_path: str, estimate_steps: int) -> None:
+        auto = W.Layout(width="auto")
+        self.estimate_button = W.Button(description="Estimate", icon="calculator", layout=auto)
+        self.estimate_measure = W.Checkbox(
+            value=True, description="time training steps (loads the model)", indent=False, layout=auto
+        )
+        self.estimate_steps = W.BoundedIntText(
+            value=estimate_steps, min=1, max=50, description="steps", layout=W.Layout(width="150px")
+        )
+        self.estimate_progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="300px"))
+        self.estimate_stage = W.Label()
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", layout=auto)
+        self.estimate_running = W.HBox([self.estimate_progress, self.estimate_stage, self.stop_button])
+        self.estimate_running.layout.display = "none"
         self.estimate_html = W.HTML()
-        self.preview_button = W.Button(description="Show a training example", icon="eye")
+        self.estimate_panel = W.VBox([self.estimate_running, self.estimate_html])
+        self.estimate_panel.add_class("ftkit-estimate")
+        self.preview_button = W.Button(description="Show a training example", icon="eye", layout=auto)
         self.preview_html = W.HTML()
-        self.save_path = W.Text(value=str(save_path), description="save to")
-        self.save_button = W.Button(description="Save job", icon="save", button_style="primary")
+        self.save_path = _text(self._shown_path(str(save_path)), "save to")
+        self.save_button = W.Button(description="Save job", icon="save", button_style="primary", layout=auto)
         self.save_status = W.HTML()
         self.estimate_button.on_click(self._estimate)
+        self.stop_button.on_click(self._stop_estimate)
         self.preview_button.on_click(self._preview)
         self.save_button.on_click(self._save)
         self._actions = W.VBox(
             [
                 W.HBox([self.estimate_button, self.estimate_measure, self.estimate_steps]),
-                self.estimate_html,
-                self.preview_button,
+                self.estimate_panel,
+                W.HBox([self.preview_button]),
                 self.preview_html,
                 W.HBox([self.save_path, self.save_button]),
                 self.save_status,

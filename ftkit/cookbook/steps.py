@@ -18,9 +18,11 @@ from ftkit.export.hub import push_to_hub
 from ftkit.export.stage import export_job
 from ftkit.files import atomic_path
 from ftkit.job.problems import JobSpecError
+from ftkit.job.save import save_job
 from ftkit.job.spec import HYPERPARAMETER_FIELDS, load_job
 from ftkit.job.store import list_jobs
 from ftkit.models.loading import load_tokenizer
+from ftkit.paths import display_path
 from ftkit.results.figures import plot_confusion as draw
 
 
@@ -52,7 +54,7 @@ class CookbookPaths:
         return self.run_dir / "exports"
 
     def __repr__(self) -> str:  # notebooks show this: keep it free of absolute, machine-specific paths
-        return f"CookbookPaths(run_dir={os.path.relpath(self.run_dir)!r})"
+        return f"CookbookPaths(run_dir={display_path(self.run_dir)!r})"
 
 
 def paths(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> CookbookPaths:
@@ -98,6 +100,23 @@ def build_job(run_dir: str | os.PathLike, name: str, data_dir: str | os.PathLike
     return load_job(body)
 
 
+def save_or_keep_job(spec, job_file: str | os.PathLike, form=None):
+    """Notebook 02's last step: write the parameters' job to ``job_file`` (the file notebook 03 trains), unless
+    the form saved a job there in this session; then that job stays and is returned. Papermill runs have no
+    form to save with, so they always train the parameters."""
+    job_file = Path(job_file)
+    saved = getattr(form, "saved_to", None)
+    if saved is not None and Path(saved).resolve() == job_file.resolve() and job_file.is_file():
+        print(f"kept the job saved by the form in {display_path(job_file)} (notebook 03 trains it)")
+        return load_job(job_file)
+    save_job(spec, job_file)
+    print(
+        f"saved the parameters' job to {display_path(job_file)}: notebook 03 trains it "
+        "(the form's Save job writes the same file)"
+    )
+    return spec
+
+
 def validation_messages(body: dict) -> str:
     """What ftkit says about a job body: 'valid' with its notes, or every problem at once."""
 
@@ -119,7 +138,8 @@ def preview_example(spec, row: int = 0):
     prompt = df[spec.dataset.prompt_column].iloc[row] if spec.dataset.prompt_column else None
     answer = df[spec.dataset.answer_column].iloc[row]
     tok = load_tokenizer(spec.resolved_model())
-    return HTML(render_trained_tokens(tok, prompt, answer, spec.hyperparameters.mask_prompt_labels))
+    mask = spec.hyperparameters.mask_prompt_labels
+    return HTML(render_trained_tokens(tok, prompt, answer, mask, max_seq_length=spec.max_seq_length()))
 
 
 def maybe_push(job, repo_id: str = "", token_env: str = "HF_TOKEN", merged: bool = False) -> str:
@@ -140,13 +160,20 @@ def plot_token_lengths(data_dir: str | os.PathLike, model: str = "bundled", out:
 
     tok = load_tokenizer(model)
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    splits = {}
     for split in ("train", "validation", "test"):
         f = Path(data_dir) / f"{split}.csv"
-        if not f.is_file():
-            continue
-        df = pd.read_csv(f, dtype=str, keep_default_na=False)
-        counts = count_chat_tokens(tok, df["prompt"].tolist(), df["answer"].tolist())
-        ax.hist(counts, bins=30, alpha=0.5, label=f"{split} ({len(counts)} rows, max {max(counts)})")
+        if f.is_file():
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
+            splits[split] = count_chat_tokens(tok, df["prompt"].tolist(), df["answer"].tolist())
+    # shared bins and outlined bars: a small split (8 validation rows) stays visible over a large one
+    lo, hi = min(map(min, splits.values())), max(map(max, splits.values()))
+    bins = list(range(lo, hi + (hi - lo) // 30 + 2, max(1, (hi - lo) // 30 + 1)))
+    colours = {"train": "#1f77b4", "validation": "#d62728", "test": "#2ca02c"}
+    for split, counts in sorted(splits.items(), key=lambda kv: -len(kv[1])):  # the smallest split on top
+        label = f"{split} ({len(counts)} rows, max {max(counts)})"
+        ax.hist(counts, bins=bins, histtype="stepfilled", alpha=0.25, color=colours[split])
+        ax.hist(counts, bins=bins, histtype="step", linewidth=1.8, color=colours[split], label=label)
     ax.set_xlabel("tokens per row (chat template applied)")
     ax.set_ylabel("rows")
     ax.legend()
@@ -167,9 +194,18 @@ def show_rows(csv_path: str | os.PathLike, n: int = 3, width: int = 160):
 
 
 def show_json(obj) -> None:
+    """Print a job body as JSON; absolute paths are shown as :func:`ftkit.paths.display_path` does (the
+    job itself keeps them absolute)."""
     import json
 
-    print(json.dumps(obj, indent=2))
+    def shown(v):
+        if isinstance(v, dict):
+            return {k: shown(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [shown(x) for x in v]
+        return display_path(v) if isinstance(v, str) and os.path.isabs(v) else v
+
+    print(json.dumps(shown(obj), indent=2))
 
 
 def last_metrics(job, n: int = 5):
@@ -194,11 +230,14 @@ def export_merged(job, out: str | os.PathLike, enabled: bool = True) -> str:
 
 
 def plot_confusion(table, label: str = "tuned", out: str | os.PathLike | None = None):
-    """Confusion matrix of one model of a :func:`ftkit.compare` table, saved as PNG when ``out`` is given."""
+    """Confusion matrix of one model of a :func:`ftkit.compare` table, titled by its label (not the model's
+    folder), saved as PNG when ``out`` is given."""
+    import dataclasses
+
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=100)
-    draw(table.attrs["results"][label], ax=ax)
+    draw(dataclasses.replace(table.attrs["results"][label], model=label), ax=ax)
     fig.tight_layout()
     if out is not None:
         with atomic_path(out) as tmp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from ftkit.data.encoding import IGNORE, encode_row
+from ftkit.data.encoding import IGNORE, encode_row, encode_rows
 
 TRAINED, MASKED = "#b9e4c0", "#dcdcdc"
 
@@ -34,13 +34,21 @@ def _show(text: str) -> str:
     return html.escape(text).replace("\n", "\u21b5\n")
 
 
-def render_trained_tokens(tokenizer, prompt: str | None, answer: str, mask_prompt: bool) -> str:
-    """HTML of one row as training encodes it (``ftkit.data.encoding.encode_row``): every token in a box, green
+def render_trained_tokens(
+    tokenizer, prompt: str | None, answer: str, mask_prompt: bool, max_seq_length: int | None = None
+) -> str:
+    """HTML of one row as training encodes it (``ftkit.data.encoding.encode_rows``): every token in a box, green
     when it is a prediction target (in the loss), grey when it is not (the first token, and with
     ``mask_prompt`` the whole prompt and chat-template header). The EOS token that ends the answer is
-    outlined: it is trained, so the fine-tuned model learns to stop. Spans carry the classes
-    ``ftkit-tok trained`` / ``ftkit-tok masked`` (and ``eos``)."""
-    ids, labels = encode_row(tokenizer, prompt, answer, mask_prompt)
+    outlined: it is trained, so the fine-tuned model learns to stop. With ``max_seq_length`` the row is cut as
+    the job cuts it (the prompt shortened from its end) and the summary says how many tokens were cut. Spans
+    carry the classes ``ftkit-tok trained`` / ``ftkit-tok masked`` (and ``eos``)."""
+    full = len(encode_row(tokenizer, prompt, answer, mask_prompt)[0])
+    if max_seq_length:
+        row = encode_rows(tokenizer, None if prompt is None else [prompt], [answer], max_seq_length, mask_prompt)
+        ids, labels = row.examples[0]["input_ids"], row.examples[0]["labels"]
+    else:
+        ids, labels = encode_row(tokenizer, prompt, answer, mask_prompt)
     eos = tokenizer.eos_token_id
     spans, n_trained = [], 0
     for start, end, text in _pieces(tokenizer, ids):
@@ -55,12 +63,20 @@ def render_trained_tokens(tokenizer, prompt: str | None, answer: str, mask_promp
         spans.append(f'<span class="{cls}" title="{html.escape(title)}" style="{style}">{_show(text)}</span>')
     eos_text = html.escape(tokenizer.eos_token or "EOS")
     eos_state = "trained" if labels[-1] != IGNORE else "NOT trained"
+    cut = (
+        f"; cut from {full} to max_seq_length={max_seq_length} as the job cuts it: the prompt ends early "
+        f"(<code>...</code>), {full - len(ids)} tokens are not shown and never trained"
+        if full > len(ids)
+        else ""
+    )
     summary = (
         f"{len(ids)} tokens: <span style='background:{TRAINED}'>&nbsp;{n_trained} trained&nbsp;</span> "
         f"<span style='background:{MASKED}'>&nbsp;{len(ids) - n_trained} not trained&nbsp;</span>; "
         f"mask_prompt_labels={'true' if mask_prompt else 'false'}"
         + (" (the prompt and template header are masked)" if mask_prompt else " (the prompt is trained too)")
-        + f"; the EOS token {eos_text} (outlined) is {eos_state}."
+        + f"; the EOS token {eos_text} (outlined) is {eos_state}"
+        + cut
+        + "."
     )
     body = "".join(spans)
     return (

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftkit.files import atomic_dir
+from ftkit.paths import display_path
 from ftkit.version import __version__
 
 
@@ -46,14 +47,14 @@ class PreparedDataset:
         labels = self._labels()
         head = ["split", "rows", *labels, "file"]
         body = [
-            [s, str(sum(c.values())), *(str(c.get(k, 0)) for k in labels), str(self.files[s])]
+            [s, str(sum(c.values())), *(str(c.get(k, 0)) for k in labels), display_path(self.files[s])]
             for s, c in self.counts.items()
         ]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) for r in [head, *body])
 
     def __repr__(self) -> str:
-        return f"PreparedDataset({str(self.out)!r})\n{self.summary()}"
+        return f"PreparedDataset({display_path(self.out)!r})\n{self.summary()}"
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -63,11 +64,11 @@ class PreparedDataset:
         rows = "".join(
             f"<tr><td>{escape(s)}</td><td>{sum(c.values())}</td>"
             + "".join(f"<td>{c.get(k, 0)}</td>" for k in labels)
-            + f"<td><code>{escape(str(self.files[s]))}</code></td></tr>"
+            + f"<td><code>{escape(self.files[s].name)}</code></td></tr>"
             for s, c in self.counts.items()
         )
         name = escape(str(self.manifest.get("dataset", "Dataset")))
-        return f"<b>{name}</b> in <code>{escape(str(self.out))}</code><table><tr>{head}</tr>{rows}</table>"
+        return f"<b>{name}</b> in <code>{escape(display_path(self.out))}</code><table><tr>{head}</tr>{rows}</table>"
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from html import escape
 
+from ftkit.paths import display_path
+
 
 @dataclass
 class Issue:
@@ -113,7 +115,7 @@ class DatasetReport:
 
     def headline(self) -> str:
         files = "; ".join(
-            f"{s}: {f} ({_plural(self.rows[s], 'row')})" if s in self.rows else f"{s}: {f} (not read)"
+            f"{s}: {display_path(f)} ({_plural(self.rows[s], 'row')})" if s in self.rows else f"{s}: {f} (not read)"
             for s, f in self.files.items()
         )
         verdict = "OK" if self.ok else "NOT OK"

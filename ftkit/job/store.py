@@ -30,6 +30,7 @@ import psutil
 from ftkit.errors import FtkitError
 from ftkit.files import write_json, write_text
 from ftkit.job.spec import load_job
+from ftkit.paths import display_path
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 DEFAULT_JOBS_DIR = "runs"
@@ -161,6 +162,29 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, status={self.status!r})"
+
+    def _repr_html_(self) -> str:
+        """Notebooks show a job as a small table: status, model, last step and losses, its folder."""
+        from html import escape
+
+        rec, last = self.record, {}
+        for m in self.metrics():
+            last.update({k: v for k, v in m.items() if v is not None})
+        rows = {
+            "status": rec.get("status"),
+            "model": rec.get("spec", {}).get("base_model_id"),
+            "step": last.get("step"),
+            "train_loss": last.get("train_loss"),
+            "eval_loss": last.get("eval_loss"),
+            "folder": display_path(self.path),
+        }
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
+            f"{escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
+            for k, v in rows.items()
+            if v is not None
+        )
+        return f"<b>Job {escape(self.id)}</b><table>{cells}</table>"
 
 
 def _process_state(rec: dict) -> str:

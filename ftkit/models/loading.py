@@ -28,11 +28,9 @@ class LayerChoiceError(FtkitError, ValueError):
 
 
 def progress_bars_wanted() -> bool:
-    """Progress bars draw in place on a terminal or in a notebook; anywhere else (a log file, a pipe, a test)
-    every redraw would be kept as a line of escape codes."""
-    from transformers.utils import is_in_notebook
-
-    return sys.stderr.isatty() or is_in_notebook()
+    """Progress bars only on a terminal, where they redraw in place. Anywhere else every redraw stays: a log file or
+    a pipe keeps a line of escape codes per update, and a saved notebook keeps a bar frozen at its first value."""
+    return sys.stderr.isatty()
 
 
 @contextlib.contextmanager

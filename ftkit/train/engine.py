@@ -32,6 +32,7 @@ from ftkit.job.datafiles import DatasetFiles
 from ftkit.job.spec import JobSpec, load_job
 from ftkit.models.device import Precision, pick_device, pick_precision
 from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted
+from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.signals import StopSignals
@@ -207,7 +208,8 @@ def load_model(run: Run) -> None:
     run.model, run.tokenizer, info, (trainable, total) = build_model(
         run.spec, run.precision, progress=show_progress_bar(run.quiet)
     )
-    run.log(f"model {info.name} from {info.source}; {ensure_pad_token(run.tokenizer)}")
+    source = display_path(info.source) if os.path.isabs(str(info.source)) else info.source
+    run.log(f"model {info.name} from {source}; {ensure_pad_token(run.tokenizer)}")
     run.log(f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters")
     run.update(
         device=run.device,
@@ -340,7 +342,7 @@ def save_result(run: Run) -> None:
             result={"model_dir": "model", **result, "lora": hp.lora.enabled},
             progress={"step": trainer.state.global_step, "max_steps": run.total_steps},
         )
-        run.log(f"completed: {job.model_dir}")
+        run.log(f"completed: {display_path(job.model_dir)}")
     run.trainer = run.model = None
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -400,7 +402,7 @@ def train(
     job, resume = _open_everywhere(spec, _data_hashes(files), root, fresh, rank, world)
     if resume == "completed":
         if rank == 0 and not quiet:
-            print(f"ftkit: job {job.id!r} already completed; its result is in {job.model_dir}")
+            print(f"ftkit: job {job.id!r} already completed; its result is in {display_path(job.model_dir)}")
         return job
     with StopSignals() as signals:
         run = Run(

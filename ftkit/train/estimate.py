@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ftkit.data.encoding import encode_rows
@@ -22,6 +23,15 @@ from ftkit.models.loading import load_tokenizer
 from ftkit.train.memory import GIB, Memory, memory_formula, model_shape
 from ftkit.train.plan import eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.timing import Timing
+
+
+class EstimateCancelled(FtkitError):
+    """The estimate's ``progress`` callback stopped it (the form's Stop button)."""
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called between the estimate's stages and after each timed step; raising
+:class:`EstimateCancelled` stops the estimate there."""
 
 
 @dataclass
@@ -59,7 +69,7 @@ class Schedule:
     """Optimizer steps after which the validation data is evaluated."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Estimate:
     """What a job will process and cost on this machine; ``missing`` says what could not be estimated."""
 
@@ -176,6 +186,8 @@ class Estimate:
         width = max(len(k) for k, _ in self._lines())
         return f"estimate for job {self.job!r}\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in self._lines())
 
+    __repr__ = __str__  # notebooks without HTML (and the text fallback) show the same table
+
     def _repr_html_(self) -> str:
         cells = []
         for k, v in self._lines():
@@ -213,7 +225,7 @@ def _schedule(spec, n_train: int, n_val: int, held_out: bool) -> Schedule:
     )
 
 
-def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
+def estimate(spec, measure: bool = True, steps: int = 3, progress: Progress | None = None) -> Estimate:
     """Estimate a job (a :class:`~ftkit.job.spec.JobSpec`, a dict body or a job file) before running it.
 
     Counts tokens with the model's tokenizer exactly as training encodes them, computes the engine's
@@ -221,7 +233,7 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
     against the device's free memory, and with ``measure=True`` builds the real model and times ``steps``
     optimizer steps on the real data after one warm-up step, extrapolated to the whole job. Whatever cannot
     be computed (the tokenizer or model cannot be loaded, e.g. a hub model offline) is stated in ``missing``,
-    never guessed.
+    never guessed. ``progress`` (see :data:`Progress`) hears each stage; it may cancel the estimate.
     """
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
@@ -247,7 +259,11 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
         )
     elif local.max_steps:
         est.notes.append(max_steps_note(local.max_steps, full, hp.n_epochs))
+    total = 2 + (steps + 3 if measure else 0)  # tokens, memory; loading, warm-up + steps, evaluation
+    report = progress or (lambda stage, done, total: None)
+    report("counting tokens", 0, total)
     enc_train, enc_val, unreachable = _tokens(est, spec, info, rows)
+    report("memory", 1, total)
     if unreachable is None or info.kind not in ("hub", "catalog"):
         _memory(est, spec, info)
     else:
@@ -259,8 +275,13 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
     else:
         from ftkit.train.measure import measure_steps  # heavy: imports transformers' Trainer
 
+        def timed(stage: str, done: int) -> None:
+            report(stage, 2 + done, total)
+
         try:
-            est.timing, peak = measure_steps(spec, enc_train, enc_val, steps, est.schedule)
+            est.timing, peak = measure_steps(spec, enc_train, enc_val, steps, est.schedule, timed)
+        except EstimateCancelled:
+            raise
         except Exception as e:
             est.missing.append(
                 f"time: timing training steps failed ({type(e).__name__}: {_first_line(e)}); no time is estimated"
@@ -268,6 +289,7 @@ def estimate(spec, measure: bool = True, steps: int = 3) -> Estimate:
         else:
             if est.memory is not None:
                 est.memory.measured_peak = peak
+    report("done", total, total)
     return est
 
 

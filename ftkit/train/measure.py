@@ -16,9 +16,11 @@ from ftkit.train.timing import Timing, busy_note, extrapolate, real_tokens
 from ftkit.train.trainer import CountingTrainer, build_model, make_trainer, trainer_arguments
 
 
-def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timing, int]:
+def measure_steps(spec, enc_train, enc_val, steps: int, schedule, progress=None) -> tuple[Timing, int]:
     """Time ``steps`` optimizer steps after one warm-up step with the engine's model, collator and Trainer
-    settings; returns the timing (extrapolated to ``schedule``) and the measured peak memory in bytes."""
+    settings; returns the timing (extrapolated to ``schedule``) and the measured peak memory in bytes.
+    ``progress(stage, done)`` hears the loading, each step and the evaluation (an exception it raises stops)."""
+    report = progress or (lambda stage, done: None)
     local = spec.local_settings()
     device = pick_device(local.device)
     precision = pick_precision(device, local.precision)
@@ -30,6 +32,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
     tokens: list[int] = []
     with PeakRSS() as rss:
         t0 = time.perf_counter()
+        report("loading the model", 0)
         model, tokenizer, _, _ = build_model(spec, precision)
         load_seconds = time.perf_counter() - t0
         batching = batching_for(model, local.batching)
@@ -53,12 +56,14 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
                 args,
                 batching,
                 enc_train.examples,
-                callbacks=[_Clock(marks, cuda)],
+                callbacks=[_Clock(marks, cuda, lambda n: report(f"timed step {n} of {steps + 1}", 1 + n))],
                 cls=_Counting,
             )
             trainer.step_tokens = tokens
             trainer.remove_callback(PrinterCallback)  # the end-of-run summary is not this estimate's
+            report(f"timing step 1 of {steps + 1} (warm-up)", 1)
             trainer.train()
+            report("timing the evaluation", steps + 2)
             eval_rate = _eval_rate(trainer, enc_val, schedule, cuda)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else rss.growth
     del trainer, model
@@ -83,10 +88,10 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule) -> tuple[Timin
 
 
 class _Clock(TrainerCallback):
-    """Appends a timestamp when training begins and after every optimizer step."""
+    """Appends a timestamp when training begins and after every optimizer step, and reports the step."""
 
-    def __init__(self, marks: list[float], cuda: bool):
-        self.marks, self.cuda = marks, cuda
+    def __init__(self, marks: list[float], cuda: bool, report):
+        self.marks, self.cuda, self.report = marks, cuda, report
 
     def on_train_begin(self, args, state, control, **kw):
         self.marks.append(time.perf_counter())
@@ -95,6 +100,7 @@ class _Clock(TrainerCallback):
         if self.cuda:
             torch.cuda.synchronize()
         self.marks.append(time.perf_counter())
+        self.report(state.global_step)
 
 
 class _Counting(CountingTrainer):
