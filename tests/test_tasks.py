@@ -127,3 +127,49 @@ def test_metrics_csv_of_an_export_writes_label_shares_as_json(tmp_path, tiny_mod
     last = list(csv.DictReader(text.splitlines()))[-1]
     assert json.loads(last["eval_label_shares"]).keys() == {"yes", "no", "maybe"}
     assert float(last["eval_accuracy"]) >= 0
+
+
+@pytest.mark.parametrize("batching", ["padded", "padding_free"])
+def test_row_weights_scale_each_rows_target_tokens_in_the_loss(tmp_path, tiny_model_dir, batching):
+    """Class weights: the engine's loss equals the hand-computed weighted sum of per-token cross-entropies."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from ftkit.data.encoding import collator_for, encode_rows
+    from ftkit.train.trainer import CountingTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = encode_rows(tok, [f"question {i} " * (i + 1) for i in range(3)], ["yes", "no", "maybe"], 64, True)
+    weights = [0.5, 2.0, 3.0]
+    examples = [{**e, "weight": w} for e, w in zip(rows.examples, weights, strict=True)]
+    batch = collator_for(batching, tok, weighted=True)(examples)
+    assert batch["token_weights"].shape == batch["labels"].shape
+    trainer = CountingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True))
+    n = torch.tensor(7)
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+    expected = torch.tensor(0.0)
+    for e, w in zip(rows.examples, weights, strict=True):  # one row at a time, no padding
+        ids, labels = torch.tensor([e["input_ids"]]), torch.tensor([e["labels"]])
+        logits = model(input_ids=ids).logits[0, :-1]
+        ce = F.cross_entropy(logits, labels[0, 1:], ignore_index=-100, reduction="sum")
+        expected = expected + w * ce
+    torch.testing.assert_close(loss, expected / n, rtol=1e-4, atol=1e-5)
+
+
+def test_balanced_class_weights_are_logged_and_need_labelled_training_rows(tmp_path, tiny_model_dir):
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"max_steps": 2, "class_weights": "balanced"})
+    train_csv = tmp_path / "data" / "train.csv"
+    lines = train_csv.read_text().splitlines()
+    # 24 rows: 12 yes / 12 no -> make it 18 yes / 6 no so the weights differ
+    lines = [lines[0]] + [line.replace(",no", ",yes") if i % 4 != 1 else line for i, line in enumerate(lines[1:])]
+    train_csv.write_text("\n".join(lines) + "\n")
+    job = train(spec, quiet=True)
+    log = (job.path / "job.log").read_text()
+    assert "class_weights balanced: loss weight per label {'no': 2.0, 'yes': 0.667}" in log
+    lines[1] = lines[1].replace(",yes", ",it is even").replace(",no", ",it is odd")
+    train_csv.write_text("\n".join(lines) + "\n")
+    spec["name"] = "unlabelled"
+    with pytest.raises(JobError, match=r"class_weights balanced needs a label on every training row; 1 have none"):
+        train(spec, quiet=True)

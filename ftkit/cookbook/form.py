@@ -17,7 +17,17 @@ import threading
 import warnings
 from pathlib import Path
 
-from ftkit.cookbook.formfields import HP_FIELDS, LORA_FIELDS, NO_PROMPT, ZERO_IS_NULL, FormFields, csv_header, default
+from ftkit.cookbook.formfields import (
+    HP_FIELDS,
+    LABELS_OFF,
+    LORA_FIELDS,
+    NO_PROMPT,
+    TEXT_OR_NULL,
+    ZERO_IS_NULL,
+    FormFields,
+    csv_header,
+    default,
+)
 from ftkit.cookbook.tokenview import render_trained_tokens
 from ftkit.job.problems import JobSpecError, JobSpecWarning, SpecProblem
 from ftkit.job.save import save_job
@@ -167,8 +177,11 @@ class JobForm(FormFields):
         local = {}
         for name in LocalSettings.model_fields:
             value = v[f"local.{name}"]
-            value = (value.strip() or None) if isinstance(value, str) and name == "validation_file" else value
+            value = (value.strip() or None) if name in TEXT_OR_NULL else value
             value = None if name in ZERO_IS_NULL and value == 0 else value
+            if name == "labels":
+                text = value.strip()
+                value = [] if text == LABELS_OFF else [x.strip() for x in text.split(",") if x.strip()] or None
             if value != default(LocalSettings, name):
                 local[name] = value
         body = {"name": v["name"], "base_model_id": self.model_ref, "dataset": dataset, "hyperparameters": hp}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import annotated_types
 import ipywidgets as W
@@ -20,7 +21,9 @@ from ftkit.models.catalog import list_models
 
 HP_FIELDS = HYPERPARAMETER_FIELDS
 LORA_FIELDS = ("enabled", "r", "alpha", "dropout")
-ZERO_IS_NULL = ("max_seq_length", "max_steps", "max_train_rows", "save_steps", "micro_batch_size")  # 0 = null
+ZERO_IS_NULL = ("max_seq_length", "max_steps", "max_train_rows", "save_steps", "micro_batch_size", "trainable_layers")
+TEXT_OR_NULL = ("validation_file", "label_column")  # local text fields where an empty box means null
+LABELS_OFF = "none"  # typed into the labels box: task metrics off (labels [])
 NO_PROMPT = ""  # the prompt-column choice "none"
 LABEL_WIDTH = "150px"
 _STYLE = {"description_width": LABEL_WIDTH}
@@ -172,10 +175,13 @@ class FormFields:
             if name == "micro_batch_size":
                 w = _dropdown([("auto (= batch_size)", 0)], 0, name)
                 self._micro_initial = value or 0
-            elif name in ("precision", "batching", "device"):
-                w = _dropdown(LocalSettings.model_fields[name].annotation.__args__, value, name)
-            elif name == "output_dir":
-                w = _text(value, name)
+            elif get_origin(LocalSettings.model_fields[name].annotation) is Literal:
+                w = _dropdown(get_args(LocalSettings.model_fields[name].annotation), value, name)
+            elif name in ("output_dir", *TEXT_OR_NULL):
+                w = _text(value or "", name, placeholder="" if name == "output_dir" else "none (null)")
+            elif name == "labels":
+                text = LABELS_OFF if value == [] else ", ".join(value or [])
+                w = _text(text, name, placeholder="auto: yes, no, maybe when the rows carry them")
             else:
                 w = _widget_for(LocalSettings, name, value)
             doc = _doc(LocalSettings, name) + (" 0 = auto (null)." if name in ZERO_IS_NULL else "")

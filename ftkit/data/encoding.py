@@ -146,6 +146,31 @@ def padding_free_collator():
     return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
 
 
-def collator_for(batching: str, tokenizer):
-    """The collator of a batching mode: "padding_free" or "padded"."""
-    return padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
+def collator_for(batching: str, tokenizer, weighted: bool = False):
+    """The collator of a batching mode: "padding_free" or "padded"; ``weighted`` adds per-token row weights."""
+    base = padding_free_collator() if batching == "padding_free" else padded_collator(tokenizer)
+    return RowWeights(base) if weighted else base
+
+
+class RowWeights:
+    """Wraps a collator for examples that carry a ``weight`` (a loss weight per row, e.g. class balancing): the
+    batch gets ``token_weights`` shaped like its labels, each token weighted by its row (padding 0)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        weights = [float(f.get("weight", 1.0)) for f in features]
+        batch = self.collate([{k: v for k, v in f.items() if k != "weight"} for f in features])
+        lengths = [len(f["input_ids"]) for f in features]
+        if batch["labels"].shape[0] == len(features):  # padded: each row's real tokens are where its mask is 1
+            mask = batch["attention_mask"].bool()
+            tw = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+            for i, w in enumerate(weights):
+                tw[i, mask[i]] = w
+        else:  # padding-free: one row of the examples in order
+            tw = torch.cat([torch.full((n,), w) for n, w in zip(lengths, weights, strict=True)])[None]
+        batch["token_weights"] = tw
+        return batch

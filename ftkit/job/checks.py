@@ -200,6 +200,16 @@ def _column_checks(body: _Body, problems: list, notes: list) -> None:
 def _task_metric_checks(body: _Body, problems: list) -> None:
     ok_m, metric = body.get("local.best_metric")
     ok_l, labels = body.get("local.labels")
+    ok_w, weights = body.get("local.class_weights")
+    if ok_w and ok_l and weights != "none" and labels == []:
+        problems.append(
+            SpecProblem(
+                "local.class_weights",
+                weights,
+                "weighs rows by their labels, but local.labels [] turns labels off",
+                "none, or give local.labels (null = auto)",
+            )
+        )
     if ok_m and ok_l and metric != "eval_loss" and labels == []:
         problems.append(
             SpecProblem(

@@ -212,6 +212,10 @@ class LocalSettings(_Section):
     label_column: str | None = Field(None, min_length=1)
     """Column holding each row's gold label. null = final_decision when the CSV has one, else the label word each
     answer starts with."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """Loss weight of each training row by its label: balanced gives every label the same total weight (a row weighs
+    rows / (labels x rows with its label)), so a rare label is not drowned by the common one and the model cannot win
+    by answering the most common label everywhere. Needs labels on every training row (see local.labels)."""
     best_metric: Literal["eval_loss", "eval_accuracy", "eval_macro_f1", "eval_auc"] = "eval_loss"
     """The validation metric that picks the best checkpoint when best_checkpoints is true: eval_loss (lowest, the
     service's meaning) or a task metric (highest; needs labels, see local.labels)."""

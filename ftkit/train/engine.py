@@ -36,7 +36,7 @@ from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.signals import StopSignals
-from ftkit.train.tasks import TaskScorer, decision_task
+from ftkit.train.tasks import TaskScorer, balanced_weights, decision_task
 from ftkit.train.trainer import build_model, make_trainer, trainer_arguments, without_trainer_chatter
 
 # Local settings that change how a job is run or reported but not what it learns: a resume may change them.
@@ -238,6 +238,12 @@ def encode(run: Run) -> None:
     run.log(why)
     if task is not None:
         run.task_scorer = TaskScorer(task, run.tokenizer, rows.validation_prompts)
+    if spec.local.class_weights == "balanced":  # decision_task raised if there are no labels
+        weights = balanced_weights(task)
+        for example, w in zip(run.train_rows.examples, weights, strict=True):
+            example["weight"] = w
+        per_label = {x: round(w, 3) for x, w in sorted(dict(zip(task.train_gold, weights, strict=True)).items())}
+        run.log(f"class_weights balanced: loss weight per label {per_label}")
 
     run.micro, run.accumulation, per_epoch, run.total_steps = step_plan(spec, len(run.train_rows.examples), run.world)
     run.evaluations = tuple(eval_schedule(run.total_steps, hp.n_evals, bool(run.validation_rows.examples)))

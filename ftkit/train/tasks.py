@@ -46,7 +46,7 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
     local = spec.local
     if local.labels == []:
         return None, "task metrics off (local.labels is [])"
-    explicit = bool(local.labels) or local.best_metric != "eval_loss"
+    explicit = bool(local.labels) or local.best_metric != "eval_loss" or local.class_weights != "none"
     reader = LabelReader(local.labels or PUBMEDQA_LABELS)
     source = (
         f"column {local.label_column or 'final_decision'}"
@@ -66,7 +66,7 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
         )
         if explicit:
             raise TaskLabelsError(
-                f"{why}; local.labels / local.best_metric {local.best_metric} need a label on every validation row "
+                f"{why}; local.labels, a task best_metric and class_weights need a label on every validation row "
                 "(set local.label_column, or start each answer with its label)"
             )
         return None, f"task metrics off: {why}"
@@ -101,3 +101,18 @@ class TaskScorer:
             "eval_label_shares": {x: round(m["shares"][x], 4) for x in labels},
             "eval_collapsed": m["collapsed"],
         }
+
+
+def balanced_weights(task: Task) -> list[float]:
+    """Per training row: rows / (labels x rows with its label), so each label weighs the same in total.
+
+    Raises :class:`TaskLabelsError` naming the training rows that have no label."""
+    missing = [i + 1 for i, g in enumerate(task.train_gold) if g is None]
+    if missing:
+        raise TaskLabelsError(
+            f"class_weights balanced needs a label on every training row; {len(missing)} have none "
+            f"(first: {missing[:5]}) in {task.source}"
+        )
+    counts = {x: task.train_gold.count(x) for x in task.labels}
+    present = [x for x in task.labels if counts[x]]
+    return [len(task.train_gold) / (len(present) * counts[g]) for g in task.train_gold]

@@ -15,6 +15,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftkit.data.encoding import collator_for
+from ftkit.errors import FtkitError
 from ftkit.models.device import Precision
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
 
@@ -74,7 +75,7 @@ def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, 
     trainer = (cls or CountingTrainer)(
         model=model,
         args=args,
-        data_collator=collator_for(batching, tokenizer),
+        data_collator=collator_for(batching, tokenizer, weighted=bool(train) and "weight" in train[0]),
         train_dataset=train,
         processing_class=tokenizer,
         eval_dataset=evaluation or None,
@@ -85,6 +86,10 @@ def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, 
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(BarOnly())
     return trainer
+
+
+class TrainingSetupError(FtkitError, ValueError):
+    """A training option this model or job cannot use."""
 
 
 class _DropMessages(logging.Filter):
@@ -135,14 +140,23 @@ class CountingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
+        weights = inputs.pop("token_weights", None)
         if labels is None or not slices_logits(self.accelerator.unwrap_model(model)):
+            if weights is not None:
+                raise TrainingSetupError(
+                    "local.class_weights needs a model whose forward takes a logits_to_keep mask (Llama-family "
+                    "models do); use class_weights none with this model"
+                )
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         targets = labels[..., 1:]
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[..., :-1] = targets != -100  # position t predicts token t + 1
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
-        loss = F.cross_entropy(outputs.logits.float(), targets[keep[..., :-1]], reduction="sum")
+        per_token = F.cross_entropy(outputs.logits.float(), targets[keep[..., :-1]], reduction="none")
+        if weights is not None:  # a row's weight scales each of its target tokens (class balancing)
+            per_token = per_token * weights[..., 1:][keep[..., :-1]].to(per_token.dtype)
+        loss = per_token.sum()
         # normalised as the model's own loss would be, so Trainer's gradient-accumulation scaling stays right
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs:  # over the accumulated batch
             loss = loss / num_items_in_batch
