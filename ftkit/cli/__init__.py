@@ -1,8 +1,8 @@
 """On top of everything: the ``ftkit`` command.
 
-Owns one module per stage's verbs (``data``, ``job``, ``train``, ``results``, ``export``, ``cookbook``), each adding
-its subcommands to the parser, and imports every stage. This module builds the parser and holds the one error
-handler: an :class:`~ftkit.errors.FtkitError` (or an OS error such as a full disk) prints ``ftkit: <message>`` and
+Owns one module per stage's verbs (``data``, ``job``, ``train``, ``results``, ``export``, ``serve``, ``cookbook``),
+each adding its subcommands to the parser, and imports every stage. This module builds the parser and holds the one
+error handler: an :class:`~ftkit.errors.FtkitError` (or an OS error such as a full disk) prints ``ftkit: <message>`` and
 exits 1 (2 for usage errors), never a traceback unless ``--debug`` or ``FTKIT_DEBUG=1``. Heavy stages (the training
 engine, plots, the estimate's timed steps) load only when their verb runs.
 """
@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-from ftkit.cli import cookbook, data, export, job, results, train
+from ftkit.cli import cookbook, data, export, job, results, serve, train
 from ftkit.errors import FtkitError
 from ftkit.version import __version__
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_estimate(sub)
     results.add_plot(sub)
     export.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 
