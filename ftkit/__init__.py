@@ -88,6 +88,7 @@ _export("ftkit.results.plots", "plot_metrics", "LivePlot")
 _export("ftkit.export.stage", "export_job", "ExportError")
 _export("ftkit.export.hub", "push_to_hub", "HubError")
 _export("ftkit.client", "FineTuningClient")
+_export("ftkit.server.background", "start_server", "LocalServer")
 _export("ftkit.cookbook.form", "JobForm")
 _export("ftkit.cookbook.tokenview", "render_trained_tokens")
 

@@ -46,6 +46,10 @@ class FineTuningClient:
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
 
+    def base_models(self) -> list[dict]:
+        """The models a job can name (``GET base-models``)."""
+        return self.request("GET", "base-models")["data"]
+
     def request(self, method: str, path: str, **kwargs) -> Any:
         response = self.session.request(method, f"{self.org_url}/{path}", timeout=self.timeout, **kwargs)
         if not response.ok:

@@ -31,7 +31,7 @@ def _check(tmp: Path, name: str) -> tuple[list[str], int]:
     """(columns, data rows) of an uploaded CSV; a 400 lists every error with its line and row."""
     issues: list[Issue] = []
     table = read_csv(tmp, name, issues)
-    errors = [i for i in issues if i.severity == "error"]
+    errors = sorted((i for i in issues if i.severity == "error"), key=lambda i: (i.line or 0, i.row or 0))
     if errors or table is None:
         n = len(errors)
         lines = "\n".join(f"  - {_issue_text(i)}" for i in errors)
