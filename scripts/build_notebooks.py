@@ -347,7 +347,7 @@ poll_seconds = 2  # float: seconds between status checks
                 IGNORE,
             ),
             md("## Stop the server"),
-            code("server.stop()"),
+            code("server.stop()\nserver"),
         ],
     )
 

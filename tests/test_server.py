@@ -29,6 +29,7 @@ import requests
 from ftkit.client import ApiError, FineTuningClient
 from ftkit.job import store as jobstore
 from ftkit.models.exported import extract_archive, read_manifest
+from ftkit.server.queue import pid_running
 
 SHARED = Path(os.environ.get("FTKIT_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 PUBMEDQA = SHARED / "pubmedqa"
@@ -149,7 +150,7 @@ def server(tmp_path_factory):
     if srv.proc.poll() is None:
         srv.stop()
     for job in jobstore.list_jobs(srv.jobs_dir):  # no training process outlives the tests
-        if job.is_alive():
+        if job.is_alive() and pid_running(job.record["pid"]):
             os.kill(job.record["pid"], signal.SIGKILL)
 
 
@@ -416,3 +417,42 @@ def test_a_worker_killed_mid_job_fails_the_job_which_resumes_from_its_checkpoint
     steps = [r["step"] for r in server.client.jobs.metrics(job_id) if r["train_loss"] is not None]
     assert steps == [1, 2, 3, 4, 5, 6]
     _error(server.post(f"jobs/{job_id}/resume"), 409, "job_not_resumable")
+
+
+def test_a_worker_that_dies_while_the_server_is_down_is_marked_failed_at_the_next_start(server):
+    job = _job(server, "lost", 20)
+    server.wait_for(job["id"], ("running",))
+    server.stop()
+    folder = server.jobs_dir / job["id"]
+    pid = jobstore.Job(folder).record["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pid_running(pid):  # a zombie where PID 1 does not reap: no parent is left to wait for it
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    server.start()
+    lost = server.client.jobs.get(job["id"])
+    assert lost["status"] == "failed" and lost["error"]["code"] == "worker_lost"
+    assert "ended while the server was down" in lost["error"]["message"]
+    assert jobstore.Job(folder).status == "failed"
+
+
+def test_binding_beyond_loopback_needs_a_chosen_token(tmp_path, monkeypatch, capsys):
+    from ftkit.cli import main
+
+    monkeypatch.delenv("FTKIT_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--jobs-dir", str(tmp_path)]) == 2
+    assert "set FTKIT_API_TOKEN" in capsys.readouterr().err
+    assert not (tmp_path / ".ftkit-server").exists()  # refused before anything is written
+    assert main(["serve", "--workers", "0", "--jobs-dir", str(tmp_path)]) == 2
+
+
+def test_the_client_and_the_command_line_import_without_the_server_extra():
+    code = (
+        "import sys; sys.modules.update(fastapi=None, uvicorn=None, starlette=None)\n"
+        "import ftkit.client, ftkit.cli\n"
+        "from ftkit.cli import main\n"
+        "sys.exit(main(['serve', '--jobs-dir', sys.argv[1]]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "/nonexistent/jobs"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'ftkit[server]'" in r.stderr and "Traceback" not in r.stderr

@@ -42,12 +42,11 @@ class LocalServer:
     def client(self, organization_id: str = "local") -> FineTuningClient:
         return FineTuningClient(self._token, organization_id, self.url)
 
-    def stop(self, timeout: float = 30) -> int:
+    def stop(self, timeout: float = 30) -> None:
         """Stop the server (running jobs go on in their own processes; a later server picks them up)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=timeout)
-        return self.proc.returncode
 
     def __enter__(self) -> LocalServer:
         return self
@@ -56,8 +55,7 @@ class LocalServer:
         self.stop()
 
     def __repr__(self) -> str:  # shown in notebooks: no token, no machine-specific path
-        state = "running" if self.proc.poll() is None else f"stopped ({self.proc.returncode})"
-        return f"LocalServer(127.0.0.1, {state})"
+        return f"LocalServer(127.0.0.1, {'running' if self.proc.poll() is None else 'stopped'})"
 
 
 def start_server(jobs_dir: str | os.PathLike, port: int | None = None, workers: int = 1, timeout: float = 60):
