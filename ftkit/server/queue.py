@@ -173,6 +173,11 @@ class Scheduler:
         job = self.job(row["id"])
         rec = _record(job)
         status, now = rec.get("status"), utc_now()
+        if row["cancel_requested"] and status != "completed":
+            if rec and status != "cancelled":
+                job.update(status="cancelled", finished_at=jobstore.now(), pid=None)
+            self.db.update("jobs", row["id"], status="cancelled", finished_at=now, pid=None)
+            return
         if status in ENDED:
             error = rec.get("error") if status == "failed" else None
             self.db.update(
@@ -180,13 +185,8 @@ class Scheduler:
                 error_code="training_failed" if error else None,
             )  # fmt: skip
             return
-        if not rec and worker is None:  # found at server start, never began: it keeps its place in the queue
+        if status in (None, "queued") and worker is None:  # found at server start, never began: keeps its place
             self.db.update("jobs", row["id"], status="queued", pid=None)
-            return
-        if row["cancel_requested"]:
-            if rec:
-                job.update(status="cancelled", finished_at=jobstore.now(), pid=None)
-            self.db.update("jobs", row["id"], status="cancelled", finished_at=now, pid=None)
             return
         code, message = _death(row, rec, worker, self.state)
         if rec:

@@ -109,6 +109,9 @@ def resume(request: Request, job_id: str) -> dict:
             "jobs", job_id, status="queued", queued_at=enqueue_time(), finished_at=None, error=None,
             error_code=None, cancel_requested=0, pid=None,
         )  # fmt: skip
+        job = ctx.job(job_id)
+        if (job.path / "job.json").is_file():  # the last attempt's end must not be read as this one's
+            job.update(status="queued", error=None, finished_at=None, pid=None)
     return _view(ctx, ctx.row("jobs", job_id, "job"))
 
 
