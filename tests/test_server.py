@@ -107,7 +107,7 @@ class Server:
         env = {**os.environ, "ORGANIZATION_ID": ORG, "NSCALE_API_TOKEN": self.token, **env}
         return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
-    def wait_for(self, job_id: str, statuses: tuple[str, ...], timeout: float = 900) -> dict:
+    def wait_for(self, job_id: str, statuses: tuple[str, ...], timeout: float = 1800) -> dict:
         # generous: a 2-step job takes ~30 s on a quiet 2-core machine, minutes when others train beside it
         deadline = time.monotonic() + timeout
         while (job := self.get(f"jobs/{job_id}").json())["status"] not in statuses:
@@ -369,7 +369,7 @@ def _job(server, name: str, epochs: int, **local) -> dict:
 def test_a_queued_job_survives_a_server_restart_and_a_running_one_is_cancelled(server):
     long = _job(server, "long", 20)
     server.wait_for(long["id"], ("running",))
-    short = _job(server, "short", 3, save_steps=2)
+    short = _job(server, "short", 2, save_steps=2)
     assert server.client.jobs.get(short["id"])["status"] == "queued"
     assert server.client.jobs.get(short["id"])["queue_position"] == 1
     message = _error(server.get(f"jobs/{short['id']}/download"), 409, "job_not_completed")
@@ -397,7 +397,7 @@ def test_a_queued_job_survives_a_server_restart_and_a_running_one_is_cancelled(s
 def test_a_worker_killed_mid_job_fails_the_job_which_resumes_from_its_checkpoint(server):
     job_id = server.state["short"]
     folder = server.jobs_dir / job_id
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 1800
     while not (folder / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
         assert time.monotonic() < deadline, server.client.jobs.get(job_id)
         time.sleep(0.2)
@@ -416,7 +416,7 @@ def test_a_worker_killed_mid_job_fails_the_job_which_resumes_from_its_checkpoint
     assert done["status"] == "completed", done["error"]
     assert "resuming from checkpoint-" in (folder / "job.log").read_text()
     steps = [r["step"] for r in server.client.jobs.metrics(job_id) if r["train_loss"] is not None]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2, 3, 4]
     _error(server.post(f"jobs/{job_id}/resume"), 409, "job_not_resumable")
 
 
