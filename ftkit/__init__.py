@@ -10,6 +10,7 @@ The package reads as the pipeline, one subpackage per stage; a stage imports onl
   with them, so this stage comes before ``ftkit.train``)
 - ``ftkit.train``: the step plan, the training engine, its Trainer and callback, task metrics, the estimate
 - ``ftkit.export``: export archives, merged models, the model card, the Hub push
+- ``ftkit.server``: the service's REST API on this machine (``ftkit serve``) with a job queue
 - ``ftkit.cookbook``: what the notebooks call (helpers, the form, the token view, the notebook runner)
 - ``ftkit.cli``: the ``ftkit`` command
 
@@ -27,7 +28,7 @@ from ftkit.version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {}
-_STAGES = ("models", "data", "job", "results", "train", "export", "cookbook", "cli")
+_STAGES = ("models", "data", "job", "results", "train", "export", "server", "cookbook", "cli")
 
 
 def _export(module: str, *names: str) -> None:
@@ -87,6 +88,8 @@ _export("ftkit.results.inference", "load_for_inference", "ModelRefError")
 _export("ftkit.results.plots", "plot_metrics", "LivePlot")
 _export("ftkit.export.stage", "export_job", "ExportError")
 _export("ftkit.export.hub", "push_to_hub", "HubError")
+_export("ftkit.client", "FineTuningClient")
+_export("ftkit.server.background", "start_server", "LocalServer")
 _export("ftkit.cookbook.form", "JobForm")
 _export("ftkit.cookbook.tokenview", "render_trained_tokens")
 

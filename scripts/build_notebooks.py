@@ -304,4 +304,61 @@ table
         code("ftkit.cookbook.maybe_push(job, hub_repo_id)"),
     ],
 )
+
+
+def write_api_notebook() -> None:
+    """Notebook 6: the cookbook's job through the local API server, as a script for the hosted service sent it."""
+    write(
+        "06_local_api_server",
+        [
+            md("""
+# 6 · The same job through the local API
+
+Scripts written for the hosted service talked to its REST API: upload CSVs, pair them as a dataset, create a job,
+poll it, read its metrics, download the model. `ftkit serve` offers that API on this machine, with the same paths,
+bodies and field names, and a queue that runs the jobs one after another. This notebook starts the server in the
+background, submits notebook 2's job through ftkit's Python client, polls its status and metrics, downloads the
+archive and stops the server. From a terminal: `ftkit serve` and the curl commands of the README.
+Previous: [5 · Evaluate and export](05_export_and_evaluate.ipynb).
+"""),
+            params("""
+run_dir = "../out/cookbook"  # str: the folder shared by the notebooks (reads job.json and data/ from notebooks 1-2)
+data_dir = None  # str | None: unused here; accepted so sweeps can pass one value to every notebook
+api_job_name = "pubmedqa-lora-api"  # str: the name of the job submitted through the API
+max_steps = 4  # int | None: cap on optimizer steps so the demo is quick; None: notebook 2's whole job
+poll_seconds = 2  # float: seconds between status checks
+"""),
+            code(SETUP.format(data="")),
+            md(
+                "## Start the server\nOn 127.0.0.1 and a free port, with a fresh token it is handed directly (nothing "
+                "is printed or written). Its jobs live in `<run_dir>/api/runs`."
+            ),
+            code('server = ftkit.start_server(paths.run_dir / "api" / "runs")\nserver'),
+            code("client = server.client()\n[m['name'] for m in client.base_models()][-2:]"),
+            md(
+                "## Submit the cookbook's job\nThe training and validation CSVs are uploaded, paired as a dataset, and "
+                "the job body of notebook 2 is sent with the dataset's id. The answer carries the estimated tokens."
+            ),
+            code(
+                "created = ftkit.cookbook.submit_job(client, paths.job_file, name=api_job_name, max_steps=max_steps)\n"
+                "created['estimated_usage']",
+                IGNORE,
+            ),
+            md("## Poll until it ends"),
+            code("job = client.jobs.wait(created['id'], poll=poll_seconds)\njob['status'], job['progress']"),
+            md("## Metrics\nThe same records as `metrics.jsonl`: train_loss, eval_loss, perplexity, tokens, ..."),
+            code("client.jobs.metrics(created['id'])[-2:]", IGNORE),
+            md("## Download the model\nThe `.tar.gz` export of the job: adapter, tokenizer, job, metrics, model card."),
+            code(
+                "archive = client.jobs.download_model(created['id'], paths.run_dir / 'api' / 'model.tar.gz')\n"
+                "sorted(p.name for p in ftkit.extract_archive(archive, paths.run_dir / 'api' / 'model').iterdir())",
+                IGNORE,
+            ),
+            md("## Stop the server"),
+            code("server.stop()\nserver"),
+        ],
+    )
+
+
+write_api_notebook()
 print("wrote", ", ".join(sorted(p.name for p in NB_DIR.glob("*.ipynb"))))

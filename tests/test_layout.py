@@ -15,9 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ftkit"
 # the pipeline, in order: a module may import modules of its own stage and of the stages before it
-STAGES = ("base", "models", "data", "job", "results", "train", "export", "cookbook", "cli", "top")
-BASE = {"ftkit.errors", "ftkit.files", "ftkit.paths", "ftkit.version"}
+STAGES = ("base", "models", "data", "job", "results", "train", "export", "server", "cookbook", "cli", "top")
+BASE = {"ftkit.errors", "ftkit.files", "ftkit.paths", "ftkit.version", "ftkit.client"}  # the client needs only errors
 HEAVY_LIBRARIES = {"torch", "transformers", "peft", "accelerate", "pandas", "matplotlib", "ipywidgets", "papermill"}
+# the server extra: optional, so `import ftkit.cli` must not need it
+HEAVY_LIBRARIES |= {"fastapi", "starlette", "uvicorn"}
 
 
 def _name(path: Path) -> str:

@@ -1,8 +1,8 @@
 """On top of everything: the ``ftkit`` command.
 
-Owns one module per stage's verbs (``data``, ``job``, ``train``, ``results``, ``export``, ``cookbook``), each adding
-its subcommands to the parser, and imports every stage. This module builds the parser and holds the one error
-handler: an :class:`~ftkit.errors.FtkitError` (or an OS error such as a full disk) prints ``ftkit: <message>`` and
+Owns one module per stage's verbs (``data``, ``job``, ``train``, ``results``, ``export``, ``serve``, ``cookbook``),
+each adding its subcommands to the parser, and imports every stage. This module builds the parser and holds the one
+error handler: an :class:`~ftkit.errors.FtkitError` (or an OS error such as a full disk) prints ``ftkit: <message>`` and
 exits 1 (2 for usage errors), never a traceback unless ``--debug`` or ``FTKIT_DEBUG=1``; an unexpected exception
 (a bug) prints one line saying so. No message repeats a secret from the command line, options are never matched by
 prefix (``--tok`` is not ``--token-env``), and output cut short by a closed pipe (``| head``) ends quietly.
@@ -17,7 +17,7 @@ import re
 import sys
 import traceback
 
-from ftkit.cli import cookbook, data, export, job, results, train
+from ftkit.cli import cookbook, data, export, job, results, serve, train
 from ftkit.errors import FtkitError, UsageError, redact
 from ftkit.version import __version__
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_estimate(sub)
     results.add_plot(sub)
     export.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 

@@ -29,6 +29,7 @@ NOTEBOOKS = (
     "03_train_local",
     "04_plot_metrics",
     "05_export_and_evaluate",
+    "06_local_api_server",
 )
 SWEEP_NOTEBOOKS = ("02_configure_job", "03_train_local", "05_export_and_evaluate")
 KERNEL = "python3"
