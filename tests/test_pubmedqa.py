@@ -322,3 +322,25 @@ def test_cli_prepare(tmp_path, pqal_path, capsys):
     assert re.search(r"test\s+500\s+276\s+169\s+55", printed)
     assert main(["prepare", "pubmedqa", "--out", str(tmp_path / "x"), "--source", str(tmp_path / "nope.json")]) == 1
     assert "nope.json does not exist" in capsys.readouterr().err
+
+
+def test_results_context_keeps_only_the_results_sections_and_halves_the_prompts(tmp_path, pqal_path, pqal, prepared):
+    from ftkit.cli import main as cli
+    from ftkit.data.pubmedqa.rows import results_sections
+
+    out = tmp_path / "results"
+    assert cli(["prepare", "pubmedqa", "--source", str(pqal_path), "--out", str(out), "--context", "results"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["context"] == "results"
+    short = pd.read_csv(out / "train.csv", dtype=str, keep_default_na=False).set_index("pmid")
+    full = pd.read_csv(prepared.train, dtype=str, keep_default_na=False).set_index("pmid")
+    assert list(short.index) == list(full.index) and (short.answer == full.answer).all()
+    for pmid in short.index[:50]:
+        rec = pqal[pmid]
+        labels = [x.upper() for x in rec["LABELS"]]
+        text = short.prompt[pmid]
+        if "RESULTS" in labels and "METHODS" in labels:
+            assert "RESULTS: " in text and "METHODS: " not in text
+    assert short.prompt.str.len().sum() < 0.65 * full.prompt.str.len().sum()
+    # no section named as results: the last one stands for them
+    assert results_sections(["a", "b", "c"], ["BACKGROUND", "METHODS", "CONCLUSIONS?"]) == (["c"], ["CONCLUSIONS?"])
+    assert results_sections(["a", "b"], ["METHODS", "MAIN FINDINGS"]) == (["b"], ["MAIN FINDINGS"])

@@ -6,6 +6,7 @@ import json
 
 from ftkit.data.checks import check_dataset
 from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+from ftkit.data.pubmedqa.rows import CONTEXTS
 
 
 def _prepare_pubmedqa(args) -> int:
@@ -20,6 +21,7 @@ def _prepare_pubmedqa(args) -> int:
         max_train=args.max_train,
         max_validation=args.max_validation,
         subset=args.subset,
+        context=args.context,
         **extra,
     )
     print(f"PubMedQA ({args.subset}) written to {ds.out} (rows per split and label):")
@@ -57,6 +59,12 @@ def add_parsers(sub) -> None:
     q.add_argument("--validation", type=int, default=50, help="validation rows, stratified (default 50)")
     styles = ["decision", "decision_long", "long"]
     q.add_argument("--answer-style", choices=styles, help="'yes', 'yes. <long answer>' (default) or long")
+    q.add_argument(
+        "--context",
+        choices=CONTEXTS,
+        default="all",
+        help="abstract sections in each prompt: all (default) or results (about half the tokens)",
+    )
     q.add_argument("--max-train", type=int, default=None, help="stratified subsample of the training rows")
     q.add_argument("--max-validation", type=int, default=None, help="stratified subsample of validation")
     q.add_argument("--max-test", type=int, default=None, help="stratified subsample of the test rows")

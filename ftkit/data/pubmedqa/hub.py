@@ -78,7 +78,7 @@ def _local_files(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_hub_rows(files: list[Path], answer_style: str, labelled: bool) -> list[dict]:
+def load_hub_rows(files: list[Path], answer_style: str, labelled: bool, sections: str = "all") -> list[dict]:
     """Rows (pmid, prompt, answer[, final_decision]) from parquet files with the Hub dataset's columns."""
     import pandas as pd
 
@@ -94,7 +94,9 @@ def load_hub_rows(files: list[Path], answer_style: str, labelled: bool) -> list[
         for pubid, question, context, long_answer, *decision in df[needed].itertuples(index=False, name=None):
             row = {
                 "pmid": str(pubid),
-                "prompt": format_prompt(question, list(context["contexts"]), list(context["labels"]), answer_style),
+                "prompt": format_prompt(
+                    question, list(context["contexts"]), list(context["labels"]), answer_style, sections
+                ),
                 "answer": format_answer(decision[0] if decision else None, long_answer, answer_style),
             }
             if labelled:
@@ -116,6 +118,7 @@ def prepare_hub_subset(
     cache_dir: str | os.PathLike | None = None,
     endpoint: str | None = None,
     revision: str | None = None,
+    context: str = "all",
 ) -> PreparedDataset:
     """Write PQA-A (``train.csv`` + stratified ``validation.csv``) or PQA-U (``train.csv`` only) to ``out``; the
     arguments and their defaults are :func:`ftkit.data.pubmedqa.prepare.prepare_pubmedqa`'s.
@@ -133,7 +136,7 @@ def prepare_hub_subset(
         raise UsageError("PubMedQA unlabeled has no yes/no/maybe decision: only answer_style='long' is possible")
 
     files = _local_files(source) if source is not None else hub_parquet_files(subset, cache_dir, endpoint, revision)
-    rows = load_hub_rows(files, answer_style, labelled)
+    rows = load_hub_rows(files, answer_style, labelled, context)
     by_pmid = {r["pmid"]: r for r in rows}
     if labelled:
         bad = [p for p, r in by_pmid.items() if r["final_decision"] not in DECISIONS]

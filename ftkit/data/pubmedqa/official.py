@@ -120,6 +120,7 @@ def prepare_labeled(
     max_test: int | None,
     test_truth: str | os.PathLike | None,
     url: str | None,
+    context: str = "all",
 ) -> PreparedDataset:
     """Write PQA-L's official split (see :func:`ftkit.data.pubmedqa.prepare.prepare_pubmedqa` for the arguments)."""
     answer_style = check_answer_style(answer_style or "decision_long")
@@ -133,7 +134,7 @@ def prepare_labeled(
 
     label_of = {pmid: rec["final_decision"] for pmid, rec in pqal.items()}
     ids = split_ids(label_of, list(truth), seed, n_validation, max_train, max_validation, max_test)
-    splits = {name: [to_row(p, pqal[p], answer_style) for p in pmids] for name, pmids in ids.items()}
+    splits = {name: [to_row(p, pqal[p], answer_style, context) for p in pmids] for name, pmids in ids.items()}
     manifest = {
         "dataset": "PubMedQA",
         "subset": "labeled",
@@ -147,6 +148,7 @@ def prepare_labeled(
         "max_validation": max_validation,
         "max_test": max_test,
         "answer_style": answer_style,
+        "context": context,
         "instruction": INSTRUCTIONS[answer_style],
         "prompt_column": "prompt",
         "answer_column": "answer",

@@ -22,6 +22,7 @@ def prepare_pubmedqa(
     test_truth: str | os.PathLike | None = None,
     url: str | None = None,
     subset: str = "labeled",
+    context: str = "all",
     **hub_options,
 ) -> PreparedDataset:
     """Write PubMedQA as ``train.csv``, ``validation.csv``, ``test.csv`` and ``manifest.json`` in ``out``.
@@ -40,6 +41,8 @@ def prepare_pubmedqa(
             ``source``.
         url: base URL of the official data folder (else ``$FTKIT_PUBMEDQA_URL``, else GitHub).
         subset: ``"labeled"`` (PQA-L), ``"artificial"`` (PQA-A) or ``"unlabeled"`` (PQA-U).
+        context: the abstract sections each prompt shows: ``"all"`` (default), or ``"results"`` (the results
+            sections only: about half the tokens, so training and scoring cost about half).
         hub_options: for artificial/unlabeled: ``cache_dir``, ``endpoint``, ``revision`` of the Hub download.
     """
     if subset != "labeled":
@@ -57,10 +60,11 @@ def prepare_pubmedqa(
             answer_style=answer_style,
             max_train=max_train,
             max_validation=max_validation,
+            context=context,
             **hub_options,
         )
     if hub_options:
         raise UsageError(f"unexpected options for the labeled subset: {', '.join(hub_options)}")
     return prepare_labeled(
-        out, source, seed, n_validation, answer_style, max_train, max_validation, max_test, test_truth, url
+        out, source, seed, n_validation, answer_style, max_train, max_validation, max_test, test_truth, url, context
     )

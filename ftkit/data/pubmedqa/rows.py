@@ -13,6 +13,9 @@ from ftkit.errors import UsageError
 
 DECISIONS = ("yes", "no", "maybe")
 ANSWER_STYLES = ("decision", "decision_long", "long")
+# Which abstract sections a prompt shows: all of them, or only the results (the sections whose label names results
+# or findings; the last section when none does) — about half the tokens, and the part that holds the evidence.
+CONTEXTS = ("all", "results")
 COLUMNS = ("pmid", "prompt", "answer", "final_decision")
 
 # The instruction closing each prompt tells the model the shape of answer the chosen style trains it to give.
@@ -31,8 +34,26 @@ def check_answer_style(answer_style: str) -> str:
     return answer_style
 
 
-def format_prompt(question: str, contexts: list[str], labels: list[str], answer_style: str) -> str:
-    """The question, the abstract's sections as ``LABEL: text`` lines under ``Context:``, the instruction."""
+def check_context(context: str) -> str:
+    if context not in CONTEXTS:
+        raise UsageError(f"context must be one of {CONTEXTS}, got {context!r}")
+    return context
+
+
+def results_sections(contexts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+    """The sections labelled as results or findings (e.g. RESULTS, MEASUREMENTS AND MAIN RESULTS); the last
+    section when no label says so (PQA-L: 971 of 1000 abstracts have one, and it is the last section in 921)."""
+    labels = [str(x or "") for x in labels] + [""] * (len(contexts) - len(labels))
+    keep = [i for i, x in enumerate(labels[: len(contexts)]) if "RESULT" in x.upper() or "FINDING" in x.upper()]
+    keep = keep or [len(contexts) - 1]
+    return [contexts[i] for i in keep], [labels[i] for i in keep]
+
+
+def format_prompt(question: str, contexts: list[str], labels: list[str], answer_style: str, context="all") -> str:
+    """The question, the abstract's sections (all, or the results only) as ``LABEL: text`` lines under
+    ``Context:``, the instruction."""
+    if check_context(context) == "results" and contexts:
+        contexts, labels = results_sections(list(contexts), list(labels))
     lines = [f"Question: {question.strip()}", "", "Context:"]
     for i, text in enumerate(contexts):
         label = str(labels[i]).strip().upper() if i < len(labels) and labels[i] is not None else ""
@@ -52,12 +73,12 @@ def format_answer(decision: str | None, long_answer: str, answer_style: str) -> 
     return decision if answer_style == "decision" else f"{decision}. {long_answer}"
 
 
-def to_row(pmid: str, record: dict, answer_style: str) -> dict[str, str]:
+def to_row(pmid: str, record: dict, answer_style: str, context: str = "all") -> dict[str, str]:
     """One ``ori_pqal.json`` record as a CSV row (pmid, prompt, answer, final_decision)."""
     decision = record.get("final_decision")
     return {
         "pmid": str(pmid),
-        "prompt": format_prompt(record["QUESTION"], record["CONTEXTS"], record["LABELS"], answer_style),
+        "prompt": format_prompt(record["QUESTION"], record["CONTEXTS"], record["LABELS"], answer_style, context),
         "answer": format_answer(decision, record["LONG_ANSWER"], answer_style),
         "final_decision": decision or "",
     }
