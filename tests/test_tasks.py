@@ -173,3 +173,57 @@ def test_balanced_class_weights_are_logged_and_need_labelled_training_rows(tmp_p
     spec["name"] = "unlabelled"
     with pytest.raises(JobError, match=r"class_weights balanced needs a label on every training row; 1 have none"):
         train(spec, quiet=True)
+
+
+# ------------------------------------------------------------------------------------- reason, then answer
+
+
+def test_label_reader_with_a_marker_reads_the_word_after_the_last_marker():
+    r = LabelReader(("yes", "no", "maybe"), marker="Answer:")
+    assert r.from_answer("No effect was seen.\nAnswer: no") == "no"
+    assert r.from_answer("Answer: maybe. Then more text.\nAnswer: yes") == "yes"
+    assert r.from_answer("yes, it works") is None  # without the marker there is no label
+
+
+def test_reason_style_rows_put_the_conclusion_before_the_decision(pqal_path, tmp_path):
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+
+    ds = prepare_pubmedqa(tmp_path / "r", source=pqal_path, answer_style="reason", max_train=4, max_validation=2)
+    rows = list(csv.DictReader(open(ds.train, encoding="utf-8")))
+    for row in rows:
+        conclusion, decision = row["answer"].rsplit("\nAnswer: ", 1)
+        assert decision == row["final_decision"] and len(conclusion) > 20
+        assert row["prompt"].endswith("then answer yes, no or maybe after 'Answer:'.")
+
+
+def test_reason_method_generates_up_to_the_marker_then_scores_the_labels(tmp_path, tiny_model_dir, bundled_model_dir):
+    from ftkit.results.evaluation import evaluate
+    from ftkit.results.inference import load_for_inference
+    from ftkit.results.reasoning import label_tokens_after
+
+    data = tmp_path / "d.csv"
+    data.write_text("pmid,prompt,answer,final_decision\n1,Q one?,It works.\\nAnswer: yes,yes\n2,Q two?,No.,no\n")
+    loaded = load_for_inference(str(tiny_model_dir), device="cpu")
+    result = evaluate(loaded, data, tmp_path / "p.json", method="reason", max_new_tokens=6)
+    assert result.method == "reason" and set(result.predictions) == {"1", "2"}
+    assert all("reasoning" in r and set(r["logprobs"]) == {"yes", "no", "maybe"} for r in result.rows)
+    assert any("after the generated reasoning and 'Answer:'" in n for n in result.notes)
+    tok = loaded[1]
+    firsts = label_tokens_after(tok, ("yes", "no", "maybe"), "Answer:")
+    assert [tok.decode([t]) for t in firsts.values()] == [" yes", " no", " maybe"]  # as training data spells them
+
+
+def test_task_metrics_with_a_label_marker_decide_after_generating(tmp_path, tiny_model_dir):
+    spec = make_spec(tmp_path, tiny_model_dir, n_evals=1, local={"max_steps": 2, "label_marker": "Answer:"})
+    for name in ("train.csv", "validation.csv"):
+        p = tmp_path / "data" / name
+        lines = p.read_text().splitlines()
+        out = [lines[0]] + [
+            line.replace(",yes", ',"It is even.\nAnswer: yes"').replace(",no", ',"It is odd.\nAnswer: no"')
+            for line in lines[1:]
+        ]
+        p.write_text("\n".join(out) + "\n")
+    job = train(spec, quiet=True)
+    (row,) = evals(job)
+    assert 0 <= row["eval_accuracy"] <= 1 and set(row["eval_label_shares"]) == {"yes", "no", "maybe"}
+    assert "decided after generating up to 'Answer:'" in (job.path / "job.log").read_text()

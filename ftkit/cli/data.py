@@ -6,7 +6,7 @@ import json
 
 from ftkit.data.checks import check_dataset
 from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
-from ftkit.data.pubmedqa.rows import CONTEXTS
+from ftkit.data.pubmedqa.rows import ANSWER_STYLES, CONTEXTS
 
 
 def _prepare_pubmedqa(args) -> int:
@@ -57,8 +57,11 @@ def add_parsers(sub) -> None:
     q.add_argument("--source", default=None, help="local ori_pqal.json, or parquet file/folder")
     q.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
     q.add_argument("--validation", type=int, default=50, help="validation rows, stratified (default 50)")
-    styles = ["decision", "decision_long", "long"]
-    q.add_argument("--answer-style", choices=styles, help="'yes', 'yes. <long answer>' (default) or long")
+    q.add_argument(
+        "--answer-style",
+        choices=ANSWER_STYLES,
+        help="'yes', 'yes. <long answer>' (default), the long answer, or reason: '<long answer>\\nAnswer: yes'",
+    )
     q.add_argument(
         "--context",
         choices=CONTEXTS,

@@ -22,6 +22,8 @@ def _evaluate(args) -> int:
         prompt_column=args.prompt_column,
         label_column=args.label_column,
         answer_column=args.answer_column,
+        marker=args.marker,
+        max_new_tokens=args.max_new_tokens,
     )
     print(result)
     return 0
@@ -69,9 +71,14 @@ def add_evaluation(sub) -> None:
     )
     e.add_argument(
         "--method",
-        choices=["score", "generate"],
+        choices=["score", "generate", "reason"],
         default="score",
-        help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer",
+        help="score: one forward pass, label-token argmax (default); generate: parse a greedy answer; reason: "
+        "generate up to --marker, then score the labels after it (models trained on reason-style answers)",
+    )
+    e.add_argument("--marker", default=None, help="for --method reason: the text the label follows (default Answer:)")
+    e.add_argument(
+        "--max-new-tokens", type=int, default=None, help="generation budget (default 8; 128 for --method reason)"
     )
     e.add_argument(
         "--labels",

@@ -29,10 +29,12 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
 
 
 class LabelReader:
-    """Reads gold labels of one label set from a label column's value or an answer's first word."""
+    """Reads gold labels of one label set from a label column's value or an answer's first word (or, with a
+    ``marker``, the first word after the answer's last marker: "<reasoning>\nAnswer: yes")."""
 
-    def __init__(self, labels: Sequence[str]):
+    def __init__(self, labels: Sequence[str], marker: str | None = None):
         self.labels = check_labels(labels)
+        self.marker = marker
         self._canon = {x.lower(): x for x in self.labels}
         self._starts = re.compile(r"\s*(" + "|".join(map(re.escape, self.labels)) + r")\b", re.IGNORECASE)
 
@@ -41,8 +43,13 @@ class LabelReader:
         return self._canon.get(str(value or "").strip().lower())
 
     def from_answer(self, answer: str | None) -> str | None:
-        """The label word an answer starts with, else None."""
-        m = self._starts.match(answer or "")
+        """The label word an answer starts with (after its last marker, with one), else None."""
+        answer = answer or ""
+        if self.marker:
+            if self.marker not in answer:
+                return None
+            answer = answer.rsplit(self.marker, 1)[1]
+        m = self._starts.match(answer)
         return self._canon[m.group(1).lower()] if m else None
 
     def row_label(self, value: str | None, answer: str | None) -> str | None:

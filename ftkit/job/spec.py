@@ -212,6 +212,10 @@ class LocalSettings(_Section):
     label_column: str | None = Field(None, min_length=1)
     """Column holding each row's gold label. null = final_decision when the CSV has one, else the label word each
     answer starts with."""
+    label_marker: str | None = Field(None, min_length=1)
+    """Text in each answer after which its label stands, for answers that reason before deciding ("<conclusion>
+    Answer: yes": "Answer:"). Task metrics then generate each validation answer up to the marker and score the labels
+    right after it (ftkit evaluate --method reason). null = the label is the answer's first word."""
     class_weights: Literal["none", "balanced"] = "none"
     """Loss weight of each training row by its label: balanced gives every label the same total weight (a row weighs
     rows / (labels x rows with its label)), so a rare label is not drowned by the common one and the model cannot win

@@ -17,6 +17,7 @@ from pathlib import Path
 from ftkit.data.csvread import read_csv
 from ftkit.data.labels import DEFAULT_LABEL_COLUMN, LabelReader
 from ftkit.data.pubmedqa.official import TRUTH_FILE, fetch
+from ftkit.data.pubmedqa.rows import REASON_MARKER
 from ftkit.errors import FtkitError, UsageError
 from ftkit.files import write_json
 from ftkit.results.freetext import TextEvalResult, evaluate_free_text
@@ -29,9 +30,10 @@ from ftkit.results.inference import (
     parse_decision,
     score_labels,
 )
+from ftkit.results.reasoning import REASON_TOKENS, label_tokens_after, score_after_reasoning
 from ftkit.results.scores import UNPARSED, EvalResult, margin_auc
 
-METHODS = ("score", "generate")
+METHODS = ("score", "generate", "reason")
 _MAX_LISTED = 30
 
 
@@ -63,6 +65,7 @@ def read_eval_data(
     label_column: str | None = None,
     answer_column: str = "answer",
     free_text: bool = False,
+    marker: str | None = None,
 ) -> list[EvalRow]:
     """Rows to evaluate: id (``pmid``), prompt, and the gold label from the label column (``label_column``, else
     ``final_decision`` when present) or, where that is missing or empty, from the label word that starts the answer.
@@ -87,7 +90,7 @@ def read_eval_data(
             f"(columns: {', '.join(header)})"
         )
     _raise(problems, f"evaluation data {path}")
-    reader = LabelReader(labels)
+    reader = LabelReader(labels, marker)
     allowed = ", ".join(reader.labels)
     rows, seen, unlabelled = [], {}, []
     for row, line, fields in table.records:
@@ -151,12 +154,13 @@ def evaluate(
     labels=None,
     device: str = "auto",
     jobs_dir: str | os.PathLike | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = None,
     progress: bool = False,
     loaded=None,
     prompt_column: str = "prompt",
     label_column: str | None = None,
     answer_column: str = "answer",
+    marker: str | None = None,
 ) -> EvalResult | TextEvalResult:
     """Evaluate a model's decisions on a data file; write the predictions and metrics; return an EvalResult.
 
@@ -173,8 +177,11 @@ def evaluate(
             ``<name>.metrics.json``. None writes nothing.
         method: ``"score"``: one forward pass per row, the label whose first token has the highest next-token
             logit after the generation prompt (the token training teaches); ``"generate"``: greedy
-            ``max_new_tokens`` tokens, the first yes/no/maybe word; answers without one are ``"unparsed"``
-            (written as such, counted wrong).
+            ``max_new_tokens`` tokens (default 8), the first yes/no/maybe word; answers without one are
+            ``"unparsed"`` (written as such, counted wrong); ``"reason"``: for models trained to reason first
+            (``"<conclusion>\\nAnswer: yes"``), greedy text up to ``marker`` (default ``"Answer:"``; at most
+            ``max_new_tokens``, default 128), then the labels' scores right after it
+            (:mod:`ftkit.results.reasoning`).
         limit: evaluate only the first ``limit`` rows (the predictions then hold only those).
         batch_size: rows per forward pass (left padded; results do not depend on it beyond float rounding).
         labels: the decision words (default: yes, no, maybe, with the free-text fallback above).
@@ -187,9 +194,12 @@ def evaluate(
 
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    free_text = labels is None
+    free_text = labels is None and method != "reason"
     labels = tuple(labels or DECISIONS)
-    rows = read_eval_data(data, labels, prompt_column, limit, label_column, answer_column, free_text)
+    if method == "reason":
+        marker = marker or REASON_MARKER
+    max_new_tokens = max_new_tokens or (REASON_TOKENS if method == "reason" else 8)
+    rows = read_eval_data(data, labels, prompt_column, limit, label_column, answer_column, free_text, marker)
     model, tok = loaded if loaded is not None else load_for_inference(model_ref, device, jobs_dir)
     prompts = [r.prompt for r in rows]
     if rows and rows[0].gold is None:
@@ -199,13 +209,21 @@ def evaluate(
         return _write(text, out)
     notes = []
     start = time.perf_counter()
-    if method == "score":
-        preds, logps = score_labels(model, tok, prompts, labels, batch_size, progress)
+    if method in ("score", "reason"):
+        if method == "score":
+            preds, logps = score_labels(model, tok, prompts, labels, batch_size, progress)
+            reasons, toks = [None] * len(rows), label_token_ids(tok, labels)
+        else:
+            preds, logps, reasons = score_after_reasoning(
+                model, tok, prompts, labels, marker, max_new_tokens, batch_size
+            )
+            toks = label_tokens_after(tok, labels, marker)
+            notes.append(f"decisions read after the generated reasoning and {marker!r}")
         details = [
             {"id": r.id, "gold": r.gold, "pred": p, "logprobs": dict(zip(labels, lp, strict=True))}
-            for r, p, lp in zip(rows, preds, logps, strict=True)
+            | ({"reasoning": why} if why is not None else {})
+            for r, p, lp, why in zip(rows, preds, logps, reasons, strict=True)
         ]
-        toks = label_token_ids(tok, labels)
         notes.append("label tokens: " + ", ".join(f"{k}={tok.decode([v])!r} (id {v})" for k, v in toks.items()))
     else:
         texts = generate_texts(model, tok, prompts, max_new_tokens, batch_size, progress)
@@ -227,7 +245,7 @@ def evaluate(
         seconds=round(seconds, 3),
         notes=notes,
         rows=details,
-        auc=margin_auc([r.gold for r in rows], logps, labels) if method == "score" else None,
+        auc=margin_auc([r.gold for r in rows], logps, labels) if method != "generate" else None,
     )
     return _write(result, out)
 

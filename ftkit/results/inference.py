@@ -191,7 +191,7 @@ def contexts(tokenizer, prompts: list[str], probe_label: str = DECISIONS[0]) -> 
     return [encode_for_answer(tokenizer, p, answer)[0] for p in prompts]
 
 
-def _batches(ids: list[list[int]], batch_size: int):
+def length_batches(ids: list[list[int]], batch_size: int):
     """Indexes in batches of similar length (longest first: an out-of-memory error shows up at once)."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -214,7 +214,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), pos.to(device)
 
 
-def _device(model):
+def model_device(model):
     return next(model.parameters()).device
 
 
@@ -234,8 +234,8 @@ def next_token_logprobs(
     wanted = torch.tensor(token_ids)
     bar = tqdm(total=len(context_ids), desc="scoring", unit="row", disable=not progress)
     with torch.inference_mode():
-        for idx in _batches(context_ids, batch_size):
-            ids, mask, pos = left_pad([context_ids[i] for i in idx], tokenizer.pad_token_id, _device(model))
+        for idx in length_batches(context_ids, batch_size):
+            ids, mask, pos = left_pad([context_ids[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             logp = torch.log_softmax(logits.float(), dim=-1)[:, wanted.to(logits.device)].cpu()
             for row, i in enumerate(idx):
@@ -294,8 +294,8 @@ def generate_texts(
     out: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generating", unit="row", disable=not progress)
     with torch.inference_mode():
-        for idx in _batches(ctx, batch_size):
-            ids, mask, _ = left_pad([ctx[i] for i in idx], tokenizer.pad_token_id, _device(model))
+        for idx in length_batches(ctx, batch_size):
+            ids, mask, _ = left_pad([ctx[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ftkit.data.labels import PUBMEDQA_LABELS, LabelReader
 from ftkit.errors import FtkitError
 from ftkit.results.inference import argmax_labels, contexts, label_token_ids, next_token_logprobs
+from ftkit.results.reasoning import REASON_TOKENS, label_tokens_after, score_after_reasoning
 from ftkit.results.scores import classification_metrics, margin_auc
 
 
@@ -29,6 +30,7 @@ class Task:
     train_gold: list[str | None]
     validation_gold: list[str]
     source: str  # where the labels were read, for the job log
+    marker: str | None = None  # the label follows this text in an answer that reasons first (local.label_marker)
 
 
 def _golds(reader: LabelReader, values, answers) -> list[str | None]:
@@ -47,7 +49,7 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
     if local.labels == []:
         return None, "task metrics off (local.labels is [])"
     explicit = bool(local.labels) or local.best_metric != "eval_loss" or local.class_weights != "none"
-    reader = LabelReader(local.labels or PUBMEDQA_LABELS)
+    reader = LabelReader(local.labels or PUBMEDQA_LABELS, local.label_marker)
     source = (
         f"column {local.label_column or 'final_decision'}"
         if rows.validation_label_values is not None
@@ -70,8 +72,9 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
                 "(set local.label_column, or start each answer with its label)"
             )
         return None, f"task metrics off: {why}"
-    task = Task(reader.labels, _golds(reader, rows.label_values, rows.answers), gold, source)
-    return task, f"task metrics on: labels {list(task.labels)} from {source}"
+    task = Task(reader.labels, _golds(reader, rows.label_values, rows.answers), gold, source, local.label_marker)
+    after = f", decided after generating up to {task.marker!r}" if task.marker else ""
+    return task, f"task metrics on: labels {list(task.labels)} from {source}{after}"
 
 
 class TaskScorer:
@@ -81,15 +84,25 @@ class TaskScorer:
         self.task = task
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.token_ids = [label_token_ids(tokenizer, task.labels)[x] for x in task.labels]
-        self.contexts = contexts(tokenizer, prompts or [None] * len(task.validation_gold), task.labels[0])
+        self.prompts = prompts or [None] * len(task.validation_gold)
+        if task.marker:  # fails here, before training, when the labels cannot be told apart after the marker
+            label_tokens_after(tokenizer, task.labels, task.marker)
+        else:
+            self.token_ids = [label_token_ids(tokenizer, task.labels)[x] for x in task.labels]
+            self.contexts = contexts(tokenizer, self.prompts, task.labels[0])
+
+    def _logprobs(self, model) -> list[list[float]]:
+        if self.task.marker:
+            args = (model, self.tokenizer, self.prompts, self.task.labels, self.task.marker)
+            return score_after_reasoning(*args, max_new_tokens=REASON_TOKENS, batch_size=self.batch_size)[1]
+        return next_token_logprobs(model, self.tokenizer, self.contexts, self.token_ids, self.batch_size)
 
     def __call__(self, model) -> dict:
         """The ``eval_*`` task fields of an eval record (see ftkit.job.store.METRIC_FIELDS) for ``model`` now."""
         was_training = model.training
         model.eval()
         try:
-            logps = next_token_logprobs(model, self.tokenizer, self.contexts, self.token_ids, self.batch_size)
+            logps = self._logprobs(model)
         finally:
             model.train(was_training)
         labels = self.task.labels

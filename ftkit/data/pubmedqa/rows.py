@@ -12,7 +12,10 @@ import random
 from ftkit.errors import UsageError
 
 DECISIONS = ("yes", "no", "maybe")
-ANSWER_STYLES = ("decision", "decision_long", "long")
+ANSWER_STYLES = ("decision", "decision_long", "long", "reason")
+# reason: the conclusion first, then the decision after this marker ("<conclusion>\nAnswer: yes"): the model states
+# what the abstract shows before it decides, and evaluation reads the decision after the marker it generates.
+REASON_MARKER = "Answer:"
 # Which abstract sections a prompt shows: all of them, or only the results (the sections whose label names results
 # or findings; the last section when none does) — about half the tokens, and the part that holds the evidence.
 CONTEXTS = ("all", "results")
@@ -23,6 +26,7 @@ INSTRUCTIONS = {
     "decision": "Answer with one word: yes, no or maybe.",
     "decision_long": "Answer yes, no or maybe, then give the conclusion that supports your answer.",
     "long": "Answer with the conclusion that the abstract supports.",
+    "reason": f"State the conclusion that the abstract supports, then answer yes, no or maybe after '{REASON_MARKER}'.",
 }
 # Section labels that carry no information; their text is shown without a label.
 _NO_LABEL = {"", "UNLABELLED", "UNLABELED", "NONE"}
@@ -64,12 +68,15 @@ def format_prompt(question: str, contexts: list[str], labels: list[str], answer_
 
 
 def format_answer(decision: str | None, long_answer: str, answer_style: str) -> str:
-    """The decision word first (evaluation reads it from the first answer token), then the long answer."""
+    """The decision word first (evaluation reads it from the first answer token), then the long answer; or, for
+    ``reason``, the long answer first and the decision after :data:`REASON_MARKER`."""
     long_answer = " ".join(str(long_answer).split())
     if answer_style == "long":
         return long_answer
     if decision not in DECISIONS:
         raise UsageError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    if answer_style == "reason":
+        return f"{long_answer}\n{REASON_MARKER} {decision}"
     return decision if answer_style == "decision" else f"{decision}. {long_answer}"
 
 
