@@ -58,22 +58,26 @@ locally: it fetches **PQA-L** (1,000 expert-labelled questions; MIT licence) fro
 split** — the 500 test PMIDs of `test_ground_truth.json`, the other 500 split into train/validation stratified by
 label — and writes `train.csv`, `validation.csv`, `test.csv` and a `manifest.json`.
 
-Each row is `prompt` (the question and the abstract's labelled sections) → `answer` (the decision word *first*, then
-the long answer). Evaluation later reads the decision from the first answer token, so the order matters.
+Each row is `prompt` (the question and the abstract's labelled sections — by default the results sections only,
+which hold the evidence in half the tokens) → `answer`: the abstract's own conclusion, then `Answer: yes|no|maybe`.
+Stating the conclusion first is what makes a small model decide from the abstract: trained on the decision word
+alone, SmolLM2-135M only learned to say "yes" (see the README's recipe section). Evaluation lets the tuned model
+write its conclusion and reads the decision after `Answer:`.
 
 On a CPU the defaults take a stratified subsample so the whole cookbook runs in minutes; set the `max_*` parameters to
-`None` for the full split. Next: [2 · Configure a job](02_configure_job.ipynb).
+`None` for the full split (`ftkit notebooks run --preset full`). Next: [2 · Configure a job](02_configure_job.ipynb).
 """),
         params("""
-run_dir = "../out/cookbook"  # str: folder shared by all five notebooks (data, job, runs, plots, eval, exports)
+run_dir = "../out/cookbook"  # str: folder shared by all the notebooks (data, job, runs, plots, eval, exports)
 data_dir = None  # str | None: where to write the CSVs; None means <run_dir>/data/pubmedqa
 source = None  # str | None: a local ori_pqal.json; None means ftkit cache, ../shared, then download (hash-checked)
 seed = 42  # int: seed of the train/validation split and of the subsamples
 n_validation = 50  # int: validation rows taken from the 500 non-test examples (the rest train)
-answer_style = "decision_long"  # str: "decision", "decision_long" (decision word + long answer) or "long"
-max_train = 64  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
-max_validation = 8  # int | None: subsample of validation rows; GPU: None
-max_test = 30  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
+answer_style = "reason"  # str: "reason" (conclusion, then "Answer: yes"), "decision", "decision_long" or "long"
+context = "results"  # str: "results" (the abstract's results sections, about half the tokens) or "all"; GPU: "all"
+max_train = 240  # int | None: stratified subsample of the 450 training rows; GPU: None (all)
+max_validation = 20  # int | None: subsample of the 50 validation rows; GPU: None
+max_test = 100  # int | None: stratified subsample of the 500 official test rows; GPU: None (all 500)
 model = "bundled"  # str: model whose tokenizer counts tokens; GPU: the model you will train, e.g. "Meta-Llama-3.1-8B-Instruct"
 """),
         code(SETUP.format(data=", data_dir")),
@@ -82,8 +86,8 @@ model = "bundled"  # str: model whose tokenizer counts tokens; GPU: the model yo
         ),
         code("""
 dataset = ftkit.prepare_pubmedqa(paths.data, source=source, seed=seed, n_validation=n_validation,
-                                 answer_style=answer_style, max_train=max_train, max_validation=max_validation,
-                                 max_test=max_test)
+                                 answer_style=answer_style, context=context, max_train=max_train,
+                                 max_validation=max_validation, max_test=max_test)
 dataset
 """),
         md(
@@ -114,20 +118,23 @@ trained, and saves `job.json`. Interactive users can use the form instead. Previ
 next: [3 · Train](03_train_local.ipynb).
 """),
         params("""
-run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
+run_dir = "../out/cookbook"  # str: the folder shared by the notebooks
 data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 model = "bundled"  # str: catalog name/UUID, HF repo id or folder; GPU: "Meta-Llama-3.1-8B-Instruct"
 job_name = "pubmedqa-lora"  # str: the job's name (also its id: re-running it resumes)
 n_epochs = 1  # int 1..20: passes over the training rows; GPU: 3
-n_evals = 2  # int 0..100: evaluations spread over training; GPU: 6
-batch_size = 4  # int: effective batch (catalog models: 4..32 step 4); GPU: 8
-learning_rate = 0.0005  # float 1e-8..1e-2: peak learning rate; GPU (8B LoRA): 0.0001
-warmup_ratio = 0.1  # float 0..1: share of steps with linear warm-up
+n_evals = 2  # int 0..100: evaluations spread over training (each also scores the validation decisions); GPU: 6
+batch_size = 8  # int: effective batch (catalog models: 4..32 step 4)
+learning_rate = 0.0003  # float 1e-8..1e-2: peak learning rate; GPU (8B LoRA): 0.0001
+warmup_ratio = 0.05  # float 0..1: share of steps with linear warm-up
 mask_prompt_labels = True  # bool: train on answer tokens only
-lora_r = 8  # int 1..64: LoRA rank; GPU: 16
-lora_alpha = 16  # int 1..64: LoRA scaling (update x alpha/r); GPU: 32
-lora_dropout = 0.05  # float 0..<1: dropout on the LoRA branch
-max_seq_length = 256  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
+best_checkpoints = True  # bool: keep the checkpoint with the best validation metric (best_metric)
+lora_r = 16  # int 1..64: LoRA rank
+lora_alpha = 32  # int 1..64: LoRA scaling (update x alpha/r)
+lora_dropout = 0.0  # float 0..<1: dropout on the LoRA branch (costs ~2x per step on a CPU)
+max_seq_length = 512  # int | None: longer rows get their prompt shortened (reported); GPU: 1024
+label_marker = "Answer:"  # str | None: the answer's decision follows this text (reason-style answers); None: first word
+best_metric = "eval_macro_f1"  # str: eval_loss, eval_accuracy, eval_macro_f1 or eval_auc: what best_checkpoints keeps
 micro_batch_size = None  # int | None: rows per forward pass, gradient accumulation keeps batch_size; GPU: None
 max_steps = None  # int | None: cap on optimizer steps for a quick run; GPU: None
 measure_estimate = True  # bool: time real training steps for the estimate
@@ -143,8 +150,9 @@ estimate_steps = 1  # int: optimizer steps to time after one warm-up step; GPU: 
         code("""
 spec = ftkit.cookbook.build_job(run_dir, job_name, model=model, n_epochs=n_epochs, n_evals=n_evals,
                                 batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
-                                mask_prompt_labels=mask_prompt_labels, lora_r=lora_r, lora_alpha=lora_alpha,
-                                lora_dropout=lora_dropout, max_seq_length=max_seq_length,
+                                mask_prompt_labels=mask_prompt_labels, best_checkpoints=best_checkpoints,
+                                lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                max_seq_length=max_seq_length, label_marker=label_marker, best_metric=best_metric,
                                 micro_batch_size=micro_batch_size, max_steps=max_steps, data_dir=data_dir)
 ftkit.cookbook.show_json(spec.to_service_dict())
 """),
@@ -196,7 +204,7 @@ eval_loss, perplexity, learning rate, tokens, tokens/s). Interrupt the kernel to
 running this notebook again resumes from it. Previous: [2 · Configure](02_configure_job.ipynb) · next: [4 · Plots](04_plot_metrics.ipynb).
 """),
         params("""
-run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
+run_dir = "../out/cookbook"  # str: the folder shared by the notebooks
 data_dir = None  # str | None: unused here; accepted so sweeps can pass one value to every notebook
 fresh = False  # bool: True discards an earlier job of the same name instead of resuming it
 live_every = 2  # int: redraw the live plot every this many metric records
@@ -223,7 +231,7 @@ and for several overlaid (labelled by job name) to compare runs. Previous: [3 ·
 [5 · Export and evaluate](05_export_and_evaluate.ipynb).
 """),
         params("""
-run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
+run_dir = "../out/cookbook"  # str: the folder shared by the notebooks
 data_dir = None  # str | None: unused here (sweeps pass it to every notebook)
 jobs = None  # list[str] | None: job ids or folders to compare; None means every job in <run_dir>/runs
 """),
@@ -254,16 +262,19 @@ write(
 # 5 · Evaluate, try, export
 
 Did fine-tuning make the model better at the task — not just lower the loss? This notebook scores the base model and
-the tuned one on the same PubMedQA test rows (one forward pass per question: the next-token scores of "yes", "no",
-"maybe"), side by side with the majority-class baseline, and flags a model that collapses to one answer. Then it shows
-a few answers, and exports the result as the service did: a `.tar.gz` with the adapter (or the merged model), tokenizer,
-job, metrics and a model card — optionally pushed to the Hugging Face Hub. Previous: [4 · Plots](04_plot_metrics.ipynb).
+the tuned one on the same PubMedQA test rows, side by side with the majority-class baseline, and flags a model that
+collapses to one answer. The base model answers at once (the next-token scores of "yes", "no", "maybe" after the
+prompt); the tuned one first writes the conclusion it was trained to state, then its decision is read after
+`Answer:`. Then it shows a few answers, and exports the result as the service did: a `.tar.gz` with the adapter (or
+the merged model), tokenizer, job, metrics and a model card — optionally pushed to the Hugging Face Hub. Previous:
+[4 · Plots](04_plot_metrics.ipynb).
 """),
         params("""
-run_dir = "../out/cookbook"  # str: the folder shared by the five notebooks
+run_dir = "../out/cookbook"  # str: the folder shared by the notebooks
 data_dir = None  # str | None: prepared PubMedQA folder; None means <run_dir>/data/pubmedqa
 job_id = "pubmedqa-lora"  # str: the job to evaluate and export (notebook 2's job_name)
 eval_limit = None  # int | None: score only the first N test rows; None means the whole test.csv
+tuned_method = "reason"  # str: how the tuned model decides: "reason" (conclusion, then Answer:) or "score" (first token)
 n_examples = 3  # int: test questions to answer with the tuned model
 export_merged = True  # bool: also export the LoRA merged into a full-precision copy of the base model
 hub_repo_id = ""  # str: "user/name" to push the adapter to the Hugging Face Hub (needs $HF_TOKEN); "" means skip
@@ -271,13 +282,15 @@ hub_repo_id = ""  # str: "user/name" to push the adapter to the Hugging Face Hub
         code(SETUP.format(data=", data_dir")),
         code("job = ftkit.get_job(job_id, paths.jobs)\njob"),
         md(
-            "## Base vs tuned on PubMedQA\nAccuracy and macro-F1 on the same rows; `collapsed` marks a model that gives one "
-            "answer to (nearly) everything."
+            "## Base vs tuned on PubMedQA\nAccuracy, macro-F1, the yes-vs-no AUC (how well the scores rank yes above "
+            "no; 0.5 is chance), per-label F1 and predicted shares on the same rows; `collapsed` marks a model that "
+            "gives one answer to (nearly) everything. `ftkit demo` ends by printing this table."
         ),
         code(
             """
 table = ftkit.compare({"base": job.record["spec"]["base_model_id"], "tuned": str(job.path)},
-                      data=paths.data / "test.csv", out_dir=paths.eval, limit=eval_limit)
+                      data=paths.data / "test.csv", out_dir=paths.eval, limit=eval_limit,
+                      method={"tuned": tuned_method})
 table
 """,
             IGNORE,

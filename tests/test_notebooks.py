@@ -99,6 +99,7 @@ def test_notebook_02_trains_the_cookbook_defaults(tmp_path):
     assert len(shown) >= 12 and shown == {k: JOB_DEFAULTS[k] for k in shown}
     spec = build_job(tmp_path, "defaults", learning_rate=0.001)
     hp = spec.hyperparameters
-    assert (hp.batch_size, hp.learning_rate, hp.lora.r, spec.local.max_seq_length) == (4, 0.001, 8, 256)
+    assert (hp.batch_size, hp.learning_rate, hp.lora.r, spec.local.max_seq_length) == (8, 0.001, 16, 512)
+    assert (spec.local.label_marker, spec.local.best_metric) == ("Answer:", "eval_macro_f1")
     with pytest.raises(ValueError, match="unknown parameter.*lora_rank"):
         build_job(tmp_path, "typo", lora_rank=16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ftkit.cookbook.defaults import PRESETS
 from ftkit.cookbook.runner import parse_parameters, run_suite, sweep
 
 
@@ -13,7 +14,7 @@ def _demo(args) -> int:
 
 
 def _notebooks_run(args) -> int:
-    params = parse_parameters(args.p, args.stray)
+    params = {**PRESETS.get(args.preset, {}), **parse_parameters(args.p, args.stray)}
     run = run_suite(args.out, params, only=args.only, data_dir=args.data_dir, progress=not args.quiet)
     print(run)
     return 0
@@ -26,13 +27,13 @@ def _notebooks_sweep(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    d = sub.add_parser("demo", help="run the whole PubMedQA cookbook (five notebooks) on the bundled model")
+    d = sub.add_parser("demo", help="run the whole PubMedQA cookbook (six notebooks) on the bundled model")
     d.add_argument("--out", default="out/demo", help="folder for the demo's results (default: out/demo)")
     d.set_defaults(func=_demo)
 
     nb = sub.add_parser("notebooks", help="run the cookbook notebooks with papermill (suite or sweep)")
     nbsub = nb.add_subparsers(dest="nb_verb", required=True, metavar="ACTION")
-    r = nbsub.add_parser("run", help="execute the five notebooks in order into a run folder")
+    r = nbsub.add_parser("run", help="execute the six notebooks in order into a run folder")
     r.add_argument("--out", default="out/cookbook", help="run folder (default: out/cookbook)")
     r.add_argument(
         "-p",
@@ -43,6 +44,13 @@ def add_parsers(sub) -> None:
     )
     r.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # `-p key value`: refused with the KEY=VALUE form
     r.add_argument("--only", default=None, help="comma-separated notebooks to run, e.g. 02,03")
+    r.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a parameter set on top of the defaults (full: all training, validation and test rows, 2 epochs); "
+        "-p values override it",
+    )
     r.add_argument("--data-dir", default=None, help="use an already prepared PubMedQA folder")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_notebooks_run)

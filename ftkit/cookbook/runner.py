@@ -8,6 +8,7 @@ summary table (CSV + plot). One failed run is reported and does not stop the oth
 
 from __future__ import annotations
 
+import csv
 import difflib
 import itertools
 import json
@@ -133,7 +134,30 @@ class SuiteRun:
         for kind, files in self.artifacts().items():
             lines.append(f"  {kind}:")
             lines += [f"    {f}" for f in files] or ["    (none)"]
-        return "\n".join(lines)
+        table = comparison_text(self.run_dir)
+        return "\n".join(lines + ([f"\nbase vs tuned on the test rows (notebook 05):\n{table}"] if table else []))
+
+
+def comparison_text(run_dir: Path) -> str | None:
+    """Notebook 05's first result (majority, base, tuned: accuracy, macro-F1, AUC, per-label F1 and shares) as a
+    text table, read from ``eval/comparison.csv``; None before notebook 05 ran."""
+    path = Path(run_dir) / "eval" / "comparison.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    wanted = ["model", "method", "n", "accuracy", "macro_f1", "auc"]
+    wanted += [c for c in rows[0] if c.startswith(("f1_", "share_"))]
+    cells = [wanted] + [[_cell(r.get(c, "")) for c in wanted] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(wanted))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+
+
+def _cell(value: str) -> str:
+    try:
+        return f"{float(value):.3f}" if "." in value else value
+    except ValueError:
+        return value
 
 
 def run_suite(

@@ -79,6 +79,8 @@ def build_job(run_dir: str | os.PathLike, name: str, data_dir: str | os.PathLike
         "micro_batch_size": v["micro_batch_size"],
         "max_steps": v["max_steps"],
         "max_train_rows": v["max_train_rows"],
+        "label_marker": v["label_marker"],
+        "best_metric": v["best_metric"],
         "output_dir": str(p.jobs),
     }
     body = {

@@ -19,7 +19,7 @@ from ftkit.data.labels import DEFAULT_LABEL_COLUMN, LabelReader
 from ftkit.data.pubmedqa.official import TRUTH_FILE, fetch
 from ftkit.data.pubmedqa.rows import REASON_MARKER
 from ftkit.errors import FtkitError, UsageError
-from ftkit.files import write_json
+from ftkit.files import atomic_path, write_json
 from ftkit.results.freetext import TextEvalResult, evaluate_free_text
 from ftkit.results.inference import (
     DECISIONS,
@@ -288,7 +288,7 @@ def comparison_row(label: str, result: EvalResult) -> dict:
 def compare(
     models,
     data: str | os.PathLike = "test.csv",
-    method: str = "score",
+    method: str | dict = "score",
     limit: int | None = None,
     batch_size: int = 8,
     out_dir: str | os.PathLike | None = None,
@@ -297,11 +297,12 @@ def compare(
 ):
     """Evaluate several models on the same rows, one table row each, plus the majority-class baseline.
 
-    ``models`` is ``{label: ref}`` or a list of refs (labelled by the ref). Returns a pandas DataFrame with
-    accuracy, macro-F1, per-class F1, predicted-label shares, unparsed count, collapsed label and seconds;
-    ``df.attrs["results"]`` maps each label to its :class:`EvalResult`. With ``out_dir`` each model's
-    predictions and metrics are written there as ``<label>.predictions.json``. Other keyword arguments go to
-    :func:`evaluate`.
+    ``models`` is ``{label: ref}`` or a list of refs (labelled by the ref). ``method`` is one method for all, or
+    ``{label: method}`` (models not named use ``"score"``): a model trained to reason first is read with
+    ``"reason"`` while the base model is scored directly. Returns a pandas DataFrame with accuracy, macro-F1, AUC,
+    per-class F1, predicted-label shares, unparsed count, collapsed label and seconds; ``df.attrs["results"]`` maps
+    each label to its :class:`EvalResult`. With ``out_dir`` each model's predictions and metrics are written there as
+    ``<label>.predictions.json`` and the table as ``comparison.csv``. Other keyword arguments go to :func:`evaluate`.
     """
     import gc
 
@@ -309,6 +310,7 @@ def compare(
 
     if not isinstance(models, dict):
         models = {describe_ref(m): m for m in models}
+    methods = method if isinstance(method, dict) else dict.fromkeys(models, method)
     read_eval_data(data, kwargs.get("labels") or DECISIONS, limit=limit)  # bad data fails before any model loads
     results: dict[str, EvalResult] = {}
     if baseline:
@@ -316,9 +318,12 @@ def compare(
         results[base.model] = base
     for label, ref in models.items():
         out = Path(out_dir) / f"{_slug(label)}.predictions.json" if out_dir is not None else None
-        results[label] = evaluate(ref, data, out, method, limit, batch_size, **kwargs)
+        results[label] = evaluate(ref, data, out, methods.get(label, "score"), limit, batch_size, **kwargs)
         gc.collect()  # the previous model's weights go before the next one loads
     df = pd.DataFrame([comparison_row(k, r) for k, r in results.items()])
+    if out_dir is not None:
+        with atomic_path(Path(out_dir) / "comparison.csv") as tmp:
+            df.to_csv(tmp, index=False, float_format="%.4f")
     df.attrs["results"] = results
     return df
 

@@ -42,7 +42,7 @@ def sample_answers(
     model_ref,
     data: str | os.PathLike = "test.csv",
     n: int = 3,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 160,
     device: str = "auto",
     width: int = 100,
     jobs_dir: str | os.PathLike | None = None,

@@ -304,8 +304,11 @@ def generate_texts(
     return out
 
 
-def parse_decision(text: str, labels=DECISIONS) -> str | None:
-    """The first label word in a generated answer (case-insensitive, whole words), or None."""
+def parse_decision(text: str, labels=DECISIONS, marker: str | None = "Answer:") -> str | None:
+    """The first label word in a generated answer (case-insensitive, whole words), or None. An answer that reasons
+    first ("... no significant ...\nAnswer: yes") is read after its last ``marker``."""
+    if marker and marker in text:
+        text = text.rsplit(marker, 1)[1]
     if tuple(labels) == DECISIONS:
         m = _DECISION_WORD.search(text)
     else:
