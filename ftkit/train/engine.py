@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_in_notebook
 
 from ftkit.data.encoding import Encoded, encode_rows
@@ -34,13 +33,11 @@ from ftkit.models.device import Precision, pick_device, pick_precision
 from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted
 from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
+from ftkit.train.opening import open_everywhere
 from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.signals import StopSignals
 from ftkit.train.tasks import TaskScorer, balanced_weights, decision_task
 from ftkit.train.trainer import build_model, make_trainer, trainer_arguments, without_trainer_chatter
-
-# Local settings that change how a job is run or reported but not what it learns: a resume may change them.
-_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps"}
 
 
 @dataclass
@@ -95,87 +92,6 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _diff(old, new, path="") -> list[str]:
-    """Dotted paths whose values differ between two JSON-like values, with both values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k)
-        return out
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
-
-def _fingerprint(spec_dict: dict, data: dict) -> dict:
-    spec = {k: v for k, v in spec_dict.items() if k != "local"}
-    local = {k: v for k, v in (spec_dict.get("local") or {}).items() if k not in _RESUME_SAFE_LOCAL}
-    return {"spec": spec, "local": local, "data": {k: v and v["sha256"] for k, v in data.items()}}
-
-
-# ------------------------------------------------------------------------------------------------ opening
-
-
-def open_job(spec, spec_dict: dict, data: dict, root, fresh: bool) -> tuple[jobstore.Job, str | None]:
-    """Create the job folder, or pick up an existing one; returns (job, checkpoint to resume from, or
-    "completed" when there is nothing left to do)."""
-    job = jobstore.Job(jobstore.jobs_dir(root) / jobstore.job_id_for(spec.name))
-    fp = _fingerprint(spec_dict, data)
-    if (job.path / "job.json").is_file():
-        rec = job.record
-        if rec.get("status") == "running" and job.is_alive():
-            raise jobstore.JobError(f"job {job.id!r} is already running (pid {rec.get('pid')} on {rec.get('host')})")
-        changed = _diff(rec.get("fingerprint"), fp)
-        if fresh:
-            shutil.rmtree(job.path)
-        elif changed:
-            raise jobstore.JobError(
-                f"job {job.id!r} exists with a different spec or data, so it cannot be resumed:\n  "
-                + "\n  ".join(changed)
-                + "\nStart it again from scratch with fresh=True (CLI: --fresh), or give the job another name."
-            )
-        elif rec.get("status") == "completed":
-            return job, "completed"
-    if not (job.path / "job.json").is_file():
-        job.path.mkdir(parents=True, exist_ok=True)
-        job.update(
-            id=job.id,
-            name=spec.name,
-            status="queued",
-            created_at=jobstore.now(),
-            started_at=None,
-            finished_at=None,
-            error=None,
-            spec=spec_dict,
-            data=data,
-            fingerprint=fp,
-        )
-        return job, None
-    (job.path / jobstore.CANCEL_FILE).unlink(missing_ok=True)
-    ckpt_dir = job.path / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    return job, last
-
-
-def _open_everywhere(spec, data: dict, root, fresh: bool, rank: int, world: int):
-    """``open_job`` on rank 0 alone, which records its decision (``resume_from``); under DDP the other ranks wait
-    for it and read that decision."""
-    state = None
-    if world > 1:
-        from accelerate import PartialState
-
-        # Initialise the process group now (as the Trainer will) so that rank 0 can set the job up alone.
-        state = PartialState(cpu=pick_device(spec.local.device) == "cpu")
-    if rank == 0:
-        job, resume = open_job(spec, spec.normalized(), data, root, fresh)
-        if resume != "completed":
-            job.update(resume_from=resume)
-    if state is not None:
-        state.wait_for_everyone()
-    if rank != 0:
-        job = jobstore.Job(jobstore.jobs_dir(root) / jobstore.job_id_for(spec.name))
-        resume = "completed" if job.status == "completed" else job.record.get("resume_from")
-    return job, resume
 
 
 # ------------------------------------------------------------------------------------------------- phases
@@ -405,7 +321,7 @@ def train(
     report = data_report if data_report is not None else check_job_data(spec, files)
     hub_options(spec.resolved_model())  # a Hub model that cannot be had offline fails here, before the job folder
     root = jobs_dir or os.environ.get("FTKIT_JOBS_DIR") or spec.local.output_dir
-    job, resume = _open_everywhere(spec, _data_hashes(files), root, fresh, rank, world)
+    job, resume = open_everywhere(spec, _data_hashes(files), root, fresh, rank, world)
     if resume == "completed":
         if rank == 0 and not quiet:
             print(f"ftkit: job {job.id!r} already completed; its result is in {display_path(job.model_dir)}")
