@@ -154,6 +154,7 @@ def test_hub_repo_is_resolved_offline_and_read_lazily(tmp_path, monkeypatch):
         return str(config)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(catalog, "hub_load_options", lambda repo: {})  # the Hub answers (this machine has no route)
     info = resolve_model("someorg/Some-Model-7B")
     assert (info.kind, info.organization, info.name, info.source) == (
         "hub",
@@ -175,6 +176,7 @@ def test_hub_config_failure_names_the_repo(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(catalog, "hub_load_options", lambda repo: {})  # reachable, then the download fails
     with pytest.raises(RuntimeError, match="someorg/other.*no network"):
         _ = resolve_model("someorg/other").context_length
 

@@ -59,6 +59,7 @@ CASES = [
     (["plot", "nope", "--out", "{d}/p.png"], 1, "no job 'nope' in"),
     (["export", "nope"], 1, "no job 'nope' in"),
     (["push", "nope", "--repo-id", "a/b", "--token-env", "NO_SUCH_TOKEN_VAR"], 1, "NO_SUCH_TOKEN_VAR is not set"),
+    (["serve", "--port", "99999"], 2, "'99999' is not a port (allowed: 1..65535)"),  # was an internal error
 ]
 
 

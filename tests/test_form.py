@@ -150,7 +150,8 @@ def test_a_spec_prefills_the_form_and_round_trips(tmp_path, data):
         "  n_epochs: 4\n  evaluation_epochs: 2\n  batch_size: 12\n  learning_rate: 0.0003\n"
         "  best_checkpoints: true\n"
         "  lora: {r: 32, alpha: 16, dropout: 0.1, trainable_modules: [k_proj, down_proj]}\n"
-        "local: {micro_batch_size: 4, precision: fp32, max_steps: 50, output_dir: elsewhere}\n"
+        "local: {micro_batch_size: 4, precision: fp32, max_steps: 50, output_dir: elsewhere,\n"
+        "        label_marker: 'Answer:', best_metric: eval_macro_f1, class_weights: balanced}\n"
     )
     with pytest.warns(UserWarning):
         spec = load_job(job)
@@ -160,6 +161,7 @@ def test_a_spec_prefills_the_form_and_round_trips(tmp_path, data):
     assert tuple(w["hyperparameters.batch_size"].options) == CATALOG_BATCH_SIZES
     assert w["hyperparameters.n_evals"].value == 2  # evaluation_epochs=2 over 4 epochs, shown as n_evals
     assert w["local.micro_batch_size"].value == 4 and w["local.max_steps"].value == 50
+    assert w["local.label_marker"].value == "Answer:"  # the cookbook's job: a text box (was a float box: TraitError)
     assert [m for m, box in form.modules.items() if box.value] == ["k_proj", "down_proj"]
     assert form.errors == []
     assert form.spec.normalized() == spec.normalized()

@@ -22,7 +22,7 @@ from ftkit.models.catalog import list_models
 HP_FIELDS = HYPERPARAMETER_FIELDS
 LORA_FIELDS = ("enabled", "r", "alpha", "dropout")
 ZERO_IS_NULL = ("max_seq_length", "max_steps", "max_train_rows", "save_steps", "micro_batch_size", "trainable_layers")
-TEXT_OR_NULL = ("validation_file", "label_column")  # local text fields where an empty box means null
+TEXT_OR_NULL = ("validation_file", "label_column", "label_marker")  # local text fields where an empty box means null
 LABELS_OFF = "none"  # typed into the labels box: task metrics off (labels [])
 NO_PROMPT = ""  # the prompt-column choice "none"
 LABEL_WIDTH = "150px"

@@ -166,13 +166,15 @@ class FtkitCallback(TrainerCallback):
         auc = "n/a" if r["eval_auc"] is None else f"{r['eval_auc']:.3f}"
         self.job.log(
             f"evaluation at step {r['step']}: eval_loss {r['eval_loss']:.4f}, accuracy {r['eval_accuracy']:.3f}, "
-            f"macro-F1 {r['eval_macro_f1']:.3f}, AUC {auc}; predicted {shares}"
+            f"macro-F1 {r['eval_macro_f1']:.3f}, AUC {auc}; predicted {shares}",
+            echo=self.echo,
         )
         if r["eval_collapsed"] is not None:
             self.job.log(
                 f"WARNING: at step {r['step']} the validation predictions collapsed onto {r['eval_collapsed']!r} "
                 f"({r['eval_label_shares'][r['eval_collapsed']]:.0%}): the model is answering the label prior, "
-                "not reading the prompt"
+                "not reading the prompt",
+                echo=self.echo,
             )
 
     def _better(self, new: dict, prev: dict | None) -> bool:
