@@ -29,7 +29,6 @@ import requests
 from ftkit.client import ApiError, FineTuningClient
 from ftkit.job import store as jobstore
 from ftkit.models.exported import extract_archive, read_manifest
-from ftkit.server.queue import pid_running
 
 SHARED = Path(os.environ.get("FTKIT_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 PUBMEDQA = SHARED / "pubmedqa"
@@ -151,7 +150,7 @@ def server(tmp_path_factory):
     if srv.proc.poll() is None:
         srv.stop()
     for job in jobstore.list_jobs(srv.jobs_dir):  # no training process outlives the tests
-        if job.is_alive() and pid_running(job.record["pid"]):
+        if job.is_alive():
             os.kill(job.record["pid"], signal.SIGKILL)
 
 
@@ -428,7 +427,7 @@ def test_a_worker_that_dies_while_the_server_is_down_is_marked_failed_at_the_nex
     pid = jobstore.Job(folder).record["pid"]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while pid_running(pid):  # a zombie where PID 1 does not reap: no parent is left to wait for it
+    while jobstore.pid_alive(pid):  # a zombie where PID 1 does not reap: no parent is left to wait for it
         assert time.monotonic() < deadline
         time.sleep(0.2)
     server.start()

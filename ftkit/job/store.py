@@ -187,6 +187,17 @@ class Job:
         return f"<b>Job {escape(self.id)}</b><table>{cells}</table>"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie: a killed worker whose parent is gone stays a zombie where
+    PID 1 does not reap (many containers), and ``kill(pid, 0)`` still finds it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+
+
 def _process_state(rec: dict) -> str:
     """ "alive", "gone", or "unknown" (recorded on another host, or no pid recorded) for a job's recorded process."""
     pid, host = rec.get("pid"), rec.get("host")

@@ -36,26 +36,10 @@ class Worker:
     signalled: bool = False
 
     def alive(self) -> bool:
-        return self.proc.poll() is None if self.proc is not None else pid_running(self.pid)
+        return self.proc.poll() is None if self.proc is not None else jobstore.pid_alive(self.pid)
 
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
-
-
-def pid_running(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie: a worker whose server died is nobody's child, and where
-    PID 1 does not reap (many containers) a killed one stays a zombie, which ``kill(pid, 0)`` still finds."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(pid, 0) is all there is
 
 
 def gpu_count() -> int:
@@ -106,7 +90,7 @@ class Scheduler:
         for row in self.db.select("SELECT * FROM jobs WHERE status IN ('starting', 'running')"):
             job = self.job(row["id"])
             rec = _record(job)
-            if rec.get("status") == "running" and job.is_alive() and pid_running(rec["pid"]):
+            if rec.get("status") == "running" and job.is_alive():
                 self.workers[row["id"]] = Worker(pid=rec["pid"], slot=self._free_slot())
             elif rec.get("status") in (None, "queued") and row["pid"] and Worker(row["pid"]).alive():
                 # still loading, before job.json says running
