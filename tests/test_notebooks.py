@@ -13,9 +13,10 @@ import nbformat
 import papermill as pm
 import pytest
 
-from ftkit.cookbook.defaults import JOB_DEFAULTS
-from ftkit.cookbook.runner import NOTEBOOKS, notebooks_dir, parse_parameters, run_suite, sweep
+from ftkit.cookbook.defaults import JOB_DEFAULTS, PRESETS
+from ftkit.cookbook.runner import NOTEBOOKS, notebooks_dir, parse_parameters, run_suite, suite_parameters, sweep
 from ftkit.cookbook.steps import build_job
+from ftkit.errors import FtkitError
 
 # tiny settings: every notebook still runs every cell for real (data prep, training steps, evaluation, export)
 FAST = {
@@ -56,6 +57,14 @@ def test_parse_parameters_reads_yaml_scalars():
     }
     with pytest.raises(ValueError, match="key=value"):
         parse_parameters(["oops"])
+
+
+def test_a_preset_runs_with_any_one_notebook_but_typed_parameters_are_still_checked():
+    declared = {"01_prepare_pubmedqa": {"max_train", "max_test", "run_dir"}}  # no n_epochs or learning_rate here
+    params = suite_parameters({"max_test": 10}, PRESETS["full"], declared)  # was refused: n_epochs unknown to 01
+    assert params["max_test"] == 10 and params["max_train"] is None and params["n_epochs"] == 2
+    with pytest.raises(FtkitError, match="n_epoch"):
+        suite_parameters({"n_epoch": 3}, PRESETS["full"], declared)
 
 
 @pytest.mark.slow

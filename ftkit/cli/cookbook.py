@@ -14,8 +14,9 @@ def _demo(args) -> int:
 
 
 def _notebooks_run(args) -> int:
-    params = {**PRESETS.get(args.preset, {}), **parse_parameters(args.p, args.stray)}
-    run = run_suite(args.out, params, only=args.only, data_dir=args.data_dir, progress=not args.quiet)
+    params = parse_parameters(args.p, args.stray)
+    preset = PRESETS.get(args.preset)
+    run = run_suite(args.out, params, only=args.only, data_dir=args.data_dir, progress=not args.quiet, preset=preset)
     print(run)
     return 0
 

@@ -18,7 +18,7 @@ JOB_DEFAULTS: dict = {
     "n_epochs": 1,
     "n_evals": 2,
     "batch_size": 8,
-    "learning_rate": 0.0003,
+    "learning_rate": 0.0005,  # 30 steps: 5e-4 beat 3e-4 on validation macro-F1 (0.429 vs 0.371, README)
     "warmup_ratio": 0.05,
     "weight_decay": 0.0,
     "mask_prompt_labels": True,
@@ -39,6 +39,14 @@ JOB_DEFAULTS: dict = {
 
 # `ftkit notebooks run --preset NAME`: parameter sets on top of the notebooks' defaults.
 PRESETS: dict[str, dict] = {
-    # all 450 training rows, the 50 validation rows, the 500 official test rows; two epochs, four evaluations
-    "full": {"max_train": None, "max_validation": None, "max_test": None, "n_epochs": 2, "n_evals": 4},
+    # all 450 training rows, the 50 validation rows, the 500 official test rows; two epochs, four evaluations; the
+    # longer schedule (114 steps) at the peak rate that reached validation macro-F1 0.44 after 29 of its steps
+    "full": {
+        "max_train": None,
+        "max_validation": None,
+        "max_test": None,
+        "n_epochs": 2,
+        "n_evals": 4,
+        "learning_rate": 0.0003,
+    },
 }

@@ -160,20 +160,29 @@ def _cell(value: str) -> str:
         return value
 
 
+def suite_parameters(parameters: dict | None, preset: dict | None, declared: dict[str, set[str]]) -> dict:
+    """The parameters of a run: a preset's (applied where a notebook declares them: ``--preset full --only 01``
+    is fine) under the user's own, which some notebook of the run must declare."""
+    _check_parameters(parameters or {}, declared)
+    return {**(preset or {}), **(parameters or {})}
+
+
 def run_suite(
     out: str | os.PathLike = "out/cookbook",
     parameters: dict | None = None,
     only=None,
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    preset: dict | None = None,
 ) -> SuiteRun:
-    """Execute the notebooks in order with papermill; parameters a notebook does not declare are not passed to it."""
+    """Execute the notebooks in order with papermill; parameters a notebook does not declare are not passed to it.
+    ``preset`` is a parameter set under ``parameters`` (see :data:`ftkit.cookbook.defaults.PRESETS`)."""
     import papermill as pm
 
     src = notebooks_dir()
     chosen = _select(only)
     declared = {nb: set(pm.inspect_notebook(str(src / f"{nb}.ipynb"))) for nb in chosen}
-    _check_parameters(parameters or {}, declared)
+    parameters = suite_parameters(parameters, preset, declared)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(f"--data-dir {data_dir}: no such folder (give one written by `ftkit prepare pubmedqa`)")
     run = SuiteRun(Path(out).resolve())
