@@ -339,6 +339,7 @@ run_dir = "../out/cookbook"  # str: the folder shared by the notebooks (reads jo
 data_dir = None  # str | None: unused here; accepted so sweeps can pass one value to every notebook
 api_job_name = "pubmedqa-lora-api"  # str: the name of the job submitted through the API
 max_steps = 4  # int | None: cap on optimizer steps so the demo is quick; None: notebook 2's whole job
+n_evals = 1  # int | None: evaluations of the API job (each generates the validation answers); None: notebook 2's
 poll_seconds = 2  # float: seconds between status checks
 """),
             code(SETUP.format(data="")),
@@ -353,7 +354,9 @@ poll_seconds = 2  # float: seconds between status checks
                 "the job body of notebook 2 is sent with the dataset's id. The answer carries the estimated tokens."
             ),
             code(
-                "created = ftkit.cookbook.submit_job(client, paths.job_file, name=api_job_name, max_steps=max_steps)\n"
+                "created = ftkit.cookbook.submit_job(\n"
+                "    client, paths.job_file, name=api_job_name, max_steps=max_steps, n_evals=n_evals\n"
+                ")\n"
                 "created['estimated_usage']",
                 IGNORE,
             ),

@@ -13,9 +13,14 @@ from ftkit.server.jobspec import SERVER_OWNED
 
 
 def submit_job(
-    client: FineTuningClient, job_file: str | os.PathLike, name: str | None = None, max_steps: int | None = None
+    client: FineTuningClient,
+    job_file: str | os.PathLike,
+    name: str | None = None,
+    max_steps: int | None = None,
+    n_evals: int | None = None,
 ) -> dict:
-    """Upload the job's CSVs, pair them as a dataset and create the job (renamed ``name``; ``max_steps`` caps it).
+    """Upload the job's CSVs, pair them as a dataset and create the job (renamed ``name``; ``max_steps`` caps it,
+    ``n_evals`` replaces its number of evaluations).
 
     Returns the server's answer: ``{"dry_run", "estimated_usage", "job", "id"}``.
     """
@@ -32,4 +37,6 @@ def submit_job(
     body["local"] = {k: v for k, v in spec.dump().get("local", {}).items() if k not in SERVER_OWNED}
     if max_steps:
         body["local"]["max_steps"] = max_steps
+    if n_evals is not None:
+        body["hyperparameters"]["n_evals"] = n_evals
     return client.jobs.create(body)

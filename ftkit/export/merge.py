@@ -77,7 +77,8 @@ def merge_into(job, folder: Path, quiet: bool = False) -> dict:
     merged = model.merge_and_unload()
     if save_dtype == "bf16":
         merged = merged.to(torch.bfloat16)
-    merged.save_pretrained(folder, safe_serialization=True)
+    with quiet_loading():  # transformers 5 shows a "Writing model shards" bar: frozen at 0% in saved notebooks
+        merged.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     del model, merged, base
     # check what was written, not what is in memory: the saved folder must stand on its own
