@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,17 +25,11 @@ from pathlib import Path
 import torch
 
 from ftkit.cookbook.runner import comparison_text
+from ftkit.models.device import cpu_name
 from ftkit.results.evaluation import score_against_truth
 
 NOTEBOOKS = ("01", "02", "03", "05")
 ANCHORS = "majority 55.2% / 0.237 macro-F1; BioBERT fine-tuned 68.1%; human 78.0% (PubMedQA paper, reasoning-required)"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def run_notebook(nb: str, work: Path) -> float:

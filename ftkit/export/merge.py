@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ftkit.export.errors import ExportError
 from ftkit.models.catalog import resolve_model
-from ftkit.models.loading import hub_options, load_model, quiet_loading
+from ftkit.models.loading import hub_options, load_model, quiet_loading, save_model
 
 PROBE_PROMPT = "Does regular aspirin use prevent a first heart attack? Answer yes, no or maybe."
 MERGE_RTOL = {"fp32": 1e-3, "bf16": 2e-2}
@@ -77,8 +77,7 @@ def merge_into(job, folder: Path, quiet: bool = False) -> dict:
     merged = model.merge_and_unload()
     if save_dtype == "bf16":
         merged = merged.to(torch.bfloat16)
-    with quiet_loading():  # transformers 5 shows a "Writing model shards" bar: frozen at 0% in saved notebooks
-        merged.save_pretrained(folder, safe_serialization=True)
+    save_model(merged, folder)
     tokenizer.save_pretrained(folder)
     del model, merged, base
     # check what was written, not what is in memory: the saved folder must stand on its own

@@ -53,6 +53,13 @@ def quiet_loading(progress: bool | None = None):
             hf_logging.enable_progress_bar()
 
 
+def save_model(model, folder) -> None:
+    """``save_pretrained`` as safetensors, without transformers 5's "Writing model shards" bar (frozen at 0% in a
+    saved notebook) unless bars are wanted (:func:`quiet_loading`)."""
+    with quiet_loading():
+        model.save_pretrained(folder, safe_serialization=True)
+
+
 def hub_options(info) -> dict:
     """``from_pretrained`` arguments for where the model comes from: a Hub model offline loads from the local
     cache, or fails at once with what to do (:func:`~ftkit.models.hubaccess.hub_load_options`)."""

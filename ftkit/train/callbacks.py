@@ -15,7 +15,7 @@ from ftkit.errors import FtkitError
 from ftkit.files import atomic_dir, write_json
 from ftkit.job import store as jobstore
 from ftkit.job.store import METRIC_FIELDS
-from ftkit.models.loading import quiet_loading
+from ftkit.models.loading import save_model
 
 
 class TrainingStopped(FtkitError):
@@ -211,8 +211,8 @@ class FtkitCallback(TrainerCallback):
         new["value"] = new.get(self.best_metric)
         if not self._better(new, prev):
             return
-        with atomic_dir(best) as tmp, quiet_loading():  # no frozen "Writing model shards" bar
-            model.save_pretrained(tmp, safe_serialization=True)
+        with atomic_dir(best) as tmp:
+            save_model(model, tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             write_json(tmp / "best.json", new)

@@ -30,7 +30,7 @@ from ftkit.job.datacheck import check_job_data, warning_lines
 from ftkit.job.datafiles import DatasetFiles
 from ftkit.job.spec import JobSpec, load_job
 from ftkit.models.device import Precision, pick_device, pick_precision
-from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted, quiet_loading
+from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted, save_model
 from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.opening import open_everywhere
@@ -252,8 +252,8 @@ def save_result(run: Run) -> None:
             result["why"] = _why_best(result, run.job.metrics())
             run.log(f"result: best checkpoint (step {result['step']}): {result['why']}")
         else:
-            with atomic_dir(job.model_dir) as tmp, quiet_loading():  # no frozen "Writing model shards" bar
-                trainer.model.save_pretrained(tmp, safe_serialization=True)
+            with atomic_dir(job.model_dir) as tmp:
+                save_model(trainer.model, tmp)
                 run.tokenizer.save_pretrained(tmp)
             result = {"step": trainer.state.global_step, "eval_loss": run.callback.last_eval_loss}
             run.log(f"result: last checkpoint (step {result['step']})")
