@@ -28,6 +28,7 @@ STATS = {
     "processed_tokens": 0,
     "t_train_begin": None,
     "step_ends": [],
+    "micro": [],  # per micro-batch: [optimizer step it belongs to (0-based), trained, real tokens, row lengths]
 }
 
 
@@ -41,6 +42,8 @@ def instrument() -> None:
     it.
     """
     from transformers import Trainer, TrainerCallback
+
+    from ftkit.train.timing import row_lengths
 
     class _Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -58,14 +61,43 @@ def instrument() -> None:
 
     def training_step(self, model, inputs, *a, **kw):
         labels, ids = inputs["labels"], inputs["input_ids"]
+        trained = int((labels[..., 1:] != IGNORE).sum())
+        lengths = row_lengths(inputs)
         STATS["micro_batches"] += 1
-        STATS["trained_tokens"] += int((labels[..., 1:] != IGNORE).sum())
-        mask = inputs.get("attention_mask")
-        STATS["real_tokens"] += int(mask.sum()) if mask is not None else ids.numel()
+        STATS["trained_tokens"] += trained
+        STATS["real_tokens"] += sum(lengths)
         STATS["processed_tokens"] += ids.numel()
+        STATS["micro"].append([len(STATS["step_ends"]), trained, sum(lengths), lengths])
         return step(self, model, inputs, *a, **kw)
 
     Trainer.__init__, Trainer.training_step = __init__, training_step
+
+
+def model_flops(micro: list, shape) -> float:
+    """Model FLOPs (ftkit.train.flops, LoRA r 8 on every linear layer) of these micro-batches."""
+    from ftkit.train.flops import training_flops
+
+    lengths = [n for m in micro for n in m[3]]
+    return training_flops(shape, lengths, sum(m[1] for m in micro), lora_r=LORA["r"]).total
+
+
+def steady_state(warmup: int) -> dict | None:
+    """Time, tokens and model FLOPs of the optimizer steps after the first ``warmup`` (None if too few steps)."""
+    ends = STATS["step_ends"]
+    if warmup < 1 or len(ends) <= warmup:
+        return None
+    micro = [m for m in STATS["micro"] if m[0] >= warmup]
+    seconds = ends[-1] - ends[warmup - 1]
+    trained, real = sum(m[1] for m in micro), sum(m[2] for m in micro)
+    return {
+        "steps": len(ends) - warmup,
+        "s": seconds,
+        "trained_tokens": trained,
+        "real_tokens": real,
+        "trained_tokens_per_s": trained / seconds,
+        "real_tokens_per_s": real / seconds,
+        "micro": micro,
+    }
 
 
 def read_rows(path: Path) -> tuple[list[str], list[str]]:
@@ -91,7 +123,8 @@ def _lora_config():
 # --- contenders: each returns (adapter folder, its own eval_loss, extra facts for the report) ---
 
 
-def run_ftkit(cfg: dict, work: Path):
+def run_ftkit(cfg: dict, work: Path, precision: str = "auto"):
+    """ftkit's engine with a job spec; ``precision`` fp32 for the like-for-like comparison with trl_fp32."""
     from ftkit.train.engine import train
 
     spec = {
@@ -106,7 +139,7 @@ def run_ftkit(cfg: dict, work: Path):
             "lora": {"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
         },
         "local": {
-            "precision": "auto",
+            "precision": precision,
             "batching": "auto",
             "max_seq_length": cfg["max_length"],
             "max_steps": cfg["max_steps"],
@@ -314,6 +347,8 @@ def run_plain(cfg: dict, work: Path):
 
 CONTENDERS = {
     "ftkit": run_ftkit,
+    # ftkit in fp32 whatever the CPU: like for like with trl_fp32 and plain where ftkit's auto picks bf16
+    "ftkit_fp32": lambda cfg, work: run_ftkit(cfg, work, precision="fp32"),
     "trl": run_trl,
     "plain": run_plain,
     # TRL's defaults but fp32: on a CPU without native bf16, shows what TRL's default bf16 costs there
@@ -366,10 +401,15 @@ def base_params() -> int:
 def worker(name: str, cfg: dict, result_path: Path, t_start: float) -> int:
     """Run one contender and write its measurements as JSON to ``result_path``."""
     import torch
+    from transformers import AutoConfig
 
     from ftkit.files import write_json
+    from ftkit.models import bundled
+    from ftkit.train.flops import Shape
 
     instrument()
+    # TRL at its defaults is slow where bf16 is emulated: it may be capped at fewer steps than the others
+    cfg = {**cfg, "max_steps": (cfg.get("max_steps_by") or {}).get(name, cfg["max_steps"])}
     work = result_path.parent / f"{result_path.stem}-work"
     adapter, own_eval, facts = CONTENDERS[name](cfg, work)
     wall = time.perf_counter() - t_start
@@ -380,6 +420,12 @@ def worker(name: str, cfg: dict, result_path: Path, t_start: float) -> int:
     train_s = ends[-1] - t0
     common = common_eval(Path(adapter), Path(cfg["data"]), cfg["max_length"], cfg["device"])
     total_params = base_params()
+    shape = Shape.from_config(AutoConfig.from_pretrained(bundled.ensure()))
+    steady = steady_state(cfg.get("warmup_steps") or 0)
+    if steady:
+        steady["model_flops"] = model_flops(steady.pop("micro"), shape)
+        steady["model_gflops"] = steady["model_flops"] / steady["s"] / 1e9
+    flops = model_flops(STATS["micro"], shape)
     result = {
         "contender": name,
         "wall_s": wall,
@@ -395,6 +441,10 @@ def worker(name: str, cfg: dict, result_path: Path, t_start: float) -> int:
         "peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20,
         "cuda_peak_allocated_mb": cuda_peak / 2**20 if cuda_peak is not None else None,
         "base_params": total_params,
+        "model_flops": flops,
+        "model_gflops": flops / train_s / 1e9,
+        "steady": steady,
+        "step_seconds": [b - a for a, b in zip([t0, *ends], ends, strict=False)],
         "own_eval_loss": own_eval,
         "common_eval": common,
         "torch_threads": torch.get_num_threads(),

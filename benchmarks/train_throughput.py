@@ -38,7 +38,8 @@ from pathlib import Path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ALL = ("ftkit", "trl", "plain")  # the default contenders
-OPTIONAL = ("trl_fp32",)  # TRL with bf16=False, for CPUs where bf16 is emulated
+# TRL with bf16=False (for CPUs where bf16 is emulated) and ftkit in fp32 (like for like with it)
+OPTIONAL = ("trl_fp32", "ftkit_fp32")
 
 
 def machine() -> dict:
@@ -184,6 +185,11 @@ METRICS = (
     "own_eval_loss",
     "common_eval_loss",
     "model_gflops",
+    "steady_s",
+    "steady_steps",
+    "steady_trained_tokens_per_s",
+    "steady_real_tokens_per_s",
+    "steady_model_gflops",
 )
 
 
@@ -208,152 +214,33 @@ def summarize(runs: list[dict], contenders: list[str], peaks: dict) -> dict:
             continue
         for r in ok:
             r["common_eval_loss"] = r["common_eval"]["eval_loss"]
-            # LoRA: forward 2 x params, backward through the frozen weights 2 x params (no weight gradients);
-            # per real (non-pad) token; attention-score FLOPs are left out. Full fine-tuning would be 6 x.
-            r["model_gflops"] = 4 * r["base_params"] * r["real_tokens"] / r["train_s"] / 1e9
+            for k, v in (r.get("steady") or {}).items():  # the steps after the warm-up (--warmup-steps)
+                r[f"steady_{k}"] = v
         s = {m: _stats([r[m] for r in ok]) for m in METRICS if all(r.get(m) is not None for r in ok)}
         s["facts"] = {k: ok[0].get(k) for k in FACTS}
         peak = peaks.get(ok[0]["precision"])
         if peak:
             g = s["model_gflops"]["median"]
             s["share_of_peak"] = {"square": g / peak["square"], "model_576x1536": g / peak["model_576x1536"]}
+            if "steady_model_gflops" in s:
+                g = s["steady_model_gflops"]["median"]
+                s["steady_share_of_peak"] = {"square": g / peak["square"], "model_576x1536": g / peak["model_576x1536"]}
         s["failed_runs"] = sum(1 for r in runs if r["contender"] == name and "error" in r)
         out[name] = s
-    ref = out.get("trl")
-    if ref and "error" not in ref:
+    ratio_metrics = ("wall_s", "train_s", "real_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")
+    ratio_metrics += ("steady_trained_tokens_per_s", "steady_real_tokens_per_s", "common_eval_loss")
+    for ref_name in ("trl", "trl_fp32", "plain"):
+        ref = out.get(ref_name)
+        if not ref or "error" in ref:
+            continue
         for s in out.values():
             if "error" not in s:
-                s["ratio_to_trl"] = {
+                s[f"ratio_to_{ref_name}"] = {
                     m: s[m]["median"] / ref[m]["median"]
-                    for m in ("wall_s", "train_s", "real_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")
-                    if ref[m]["median"]
+                    for m in ratio_metrics
+                    if m in s and m in ref and ref[m]["median"]
                 }
     return out
-
-
-def _mm(s: dict, key: str, fmt: str) -> str:
-    """'median (min–max)' of one metric, or n/a where a contender did not report it."""
-    st = s.get(key)
-    if st is None:
-        return "n/a"
-    if st["n"] == 1 or st["min"] == st["max"]:
-        return format(st["median"], fmt)
-    return f"{format(st['median'], fmt)} ({format(st['min'], fmt)}–{format(st['max'], fmt)})"
-
-
-def _header(result: dict) -> list[str]:
-    m, st, d = result["machine"], result["settings"], result["data"]
-    gpu = f", GPU {m['cuda_device']}" if m["cuda_device"] else ""
-    cap = f" capped at {st['max_steps']} steps" if st["max_steps"] else ""
-    return [
-        f"# Training throughput: ftkit vs TRL SFTTrainer vs plain Trainer, {result['date']}",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads, OMP_NUM_THREADS="
-        f"{m['omp_num_threads']}, load average {m['load_average_at_start']} at start), CPU flags "
-        f"{', '.join(m['cpu_flags']) or 'none of note'}, native bf16 {m['native_bf16']}{gpu}; torch "
-        f"{m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-        "",
-        f"Job: bundled SmolLM2-135M-Instruct, LoRA r 8 / alpha 16 on all linear layers, {d['train_rows']} "
-        "PubMedQA "
-        f"training rows (official split), learning rate {st['lr']}, effective batch {st['batch_size']}, "
-        "max length "
-        f"{st['max_length']}, 1 epoch{cap}, {d['validation_rows']} validation rows, device {st['device']}. "
-        f"{st['repeats']} fresh-process run(s) per contender, alternated; median (min–max).",
-    ]
-
-
-def render(result: dict) -> str:
-    summary = result["summary"]
-    lines = _header(result) + [
-        "",
-        "| contender | precision | batching | grad. ckpt | steps | wall s | train s | trained tok/s | real "
-        "tok/s "
-        "| peak RSS MB | eval loss (same fn) | own eval loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        if "error" in s:
-            lines.append(f"| {name} | {s['error']} |" + " |" * 10)
-            continue
-        f = s["facts"]
-        lines.append(
-            f"| {name} | {f['precision']} | {f['batching']} | "
-            f"{'on' if f['gradient_checkpointing'] else 'off'} | "
-            f"{s['steps']['median']:.0f} | {_mm(s, 'wall_s', '.1f')} | {_mm(s, 'train_s', '.1f')} | "
-            f"{_mm(s, 'trained_tokens_per_s', '.1f')} | {_mm(s, 'real_tokens_per_s', '.1f')} | "
-            f"{_mm(s, 'peak_rss_mb', '.0f')} | {_mm(s, 'common_eval_loss', '.4f')} | "
-            f"{_mm(s, 'own_eval_loss', '.4f')} |"
-        )
-    lines += [
-        "",
-        "Wall = process start to the adapter saved (imports, model load, data preparation, training, the "
-        "trainer's own evaluation). Train = first optimizer step's start to the last one's end. Trained "
-        "tokens "
-        "= labels that are prediction targets after the shift; real = non-pad tokens; both counted from the "
-        "actual training batches, the same way for every contender. Eval loss (same fn) = mean "
-        "answer-token NLL "
-        "of every contender's saved adapter on the validation rows, encoded by one function (ftkit's "
-        "chat-template "
-        "encoding, prompt masked), fp32; own eval loss = the trainer's own evaluation (n/a or nan where its "
-        "truncation left a batch without any label).",
-        "",
-        "| contender | trained / real / processed tokens per run | rows as the contender trained them |",
-        "|---|---|---|",
-    ]
-    for name, s in summary.items():
-        if "error" not in s:
-            lines.append(
-                f"| {name} | {s['trained_tokens']['median']:.0f} / {s['real_tokens']['median']:.0f} / "
-                f"{s['processed_tokens']['median']:.0f} | {s['facts']['data_rows']} |"
-            )
-    if any("ratio_to_trl" in s for s in summary.values()):
-        lines += [
-            "",
-            "Ratios to TRL (medians; above 1 = more tokens/s, or more time/memory, than TRL):",
-            "",
-            "| contender | real tok/s | trained tok/s | train time | wall time | peak RSS |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, s in summary.items():
-            r = s.get("ratio_to_trl")
-            if r:
-                lines.append(
-                    f"| {name} | {r['real_tokens_per_s']:.2f}x | {r['trained_tokens_per_s']:.2f}x | "
-                    f"{r['train_s']:.2f}x | {r['wall_s']:.2f}x | {r['peak_rss_mb']:.2f}x |"
-                )
-    pk = result["peaks"]
-    sq32, sq16 = pk["fp32"]["square_size"], pk["bf16"]["square_size"]
-    lines += [
-        "",
-        "## Achieved FLOP/s against this machine's matmul peak",
-        "",
-        "| matmul | fp32 GFLOP/s | bf16 GFLOP/s |",
-        "|---|---|---|",
-        f"| square ({sq32}^3 fp32, {sq16}^3 bf16) | {pk['fp32']['square']} | {pk['bf16']['square']} |",
-        f"| 2048 x 576 x 1536 (the model's MLP shape) | {pk['fp32']['model_576x1536']} | "
-        f"{pk['bf16']['model_576x1536']} |",
-        "",
-        "Model FLOP/s = 4 x base parameters x real (non-pad) tokens / train time (LoRA: forward 2x, backward "
-        "through the frozen weights 2x; full fine-tuning would be 6x; attention scores and the "
-        "recomputation of "
-        "gradient checkpointing are not counted). Share = against the peak of the precision the contender "
-        "trained in.",
-        "",
-        "| contender | model GFLOP/s | share of square peak | share of model-shape peak |",
-        "|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        if "error" not in s:
-            sh = s.get("share_of_peak", {})
-            lines.append(
-                f"| {name} | {_mm(s, 'model_gflops', '.1f')} | {sh.get('square', float('nan')):.1%} | "
-                f"{sh.get('model_576x1536', float('nan')):.1%} |"
-            )
-    lines += ["", f"Untrained base model, same evaluation: eval loss {result['base_model_eval_loss']:.4f}."]
-    if result.get("trl_defaults"):
-        lines += ["", "## TRL settings in effect (SFTConfig defaults unless the job above sets them)", ""]
-        lines += [f"- `{k}`: {v!r}" for k, v in result["trl_defaults"].items()]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -365,6 +252,18 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8, help="effective batch size (one micro-batch)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="steady state: also report tokens/s and FLOP/s of the steps after this many (e.g. 2, --max-steps 22)",
+    )
+    p.add_argument(
+        "--trl-steps",
+        type=int,
+        default=None,
+        help="cap TRL at its full defaults (bf16: emulated on some CPUs) at this many steps; others keep --max-steps",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--contenders",
@@ -395,6 +294,7 @@ def main() -> int:
             p.error("--device cuda: torch cannot see a CUDA device on this machine")
 
     from _train_contenders import common_eval
+    from _train_report import render
 
     from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
     from ftkit.files import write_json, write_text
@@ -415,6 +315,8 @@ def main() -> int:
         "max_length": args.max_length,
         "max_steps": args.max_steps,
         "device": args.device,
+        "warmup_steps": args.warmup_steps,
+        "max_steps_by": {"trl": args.trl_steps} if args.trl_steps else {},
     }
     info = machine()
     print(f"work folder {work}; machine {info['cpu']}, {info['torch_threads']} torch threads", flush=True)

@@ -10,9 +10,10 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from ftkit.models.device import pick_device, pick_precision
+from ftkit.train.flops import Shape, training_flops
 from ftkit.train.memory import PeakRSS
 from ftkit.train.plan import batching_for
-from ftkit.train.timing import Timing, busy_note, extrapolate, real_tokens
+from ftkit.train.timing import Timing, busy_note, extrapolate, real_tokens, row_lengths, target_tokens
 from ftkit.train.trainer import CountingTrainer, build_model, make_trainer, trainer_arguments
 
 
@@ -59,13 +60,14 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule, progress=None)
                 callbacks=[_Clock(marks, cuda, lambda n: report(f"timed step {n} of {steps + 1}", 1 + n))],
                 cls=_Counting,
             )
-            trainer.step_tokens = tokens
+            trainer.step_tokens, trainer.step_rows = tokens, []
             trainer.remove_callback(PrinterCallback)  # the end-of-run summary is not this estimate's
             report(f"timing step 1 of {steps + 1} (warm-up)", 1)
             trainer.train()
             report("timing the evaluation", steps + 2)
             eval_rate = _eval_rate(trainer, enc_val, schedule, cuda)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else rss.growth
+    flops = _step_flops(spec, Shape.from_config(model.config), trainer.step_rows[1:])
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
@@ -81,6 +83,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule, progress=None)
         step_tokens=tokens[1:],
         load_seconds=load_seconds,
         eval_tokens_per_second=eval_rate,
+        step_flops=flops,
     )
     extrapolate(timing, schedule, enc_train.n_tokens, enc_val.n_tokens)
     busy_note(timing, device)
@@ -103,14 +106,25 @@ class _Clock(TrainerCallback):
         self.report(state.global_step)
 
 
+def _step_flops(spec, shape: Shape, step_rows: list[tuple[list[int], int]]) -> list[float]:
+    """Model FLOPs of each step from its rows' real lengths and target count, with the job's LoRA settings."""
+    hp, local = spec.hyperparameters, spec.local_settings()
+    lora = hp.lora
+    r, modules = (lora.r, lora.trainable_modules) if lora.enabled else (None, ())
+    return [training_flops(shape, n, t, r, modules, local.trainable_layers).total for n, t in step_rows]
+
+
 class _Counting(CountingTrainer):
-    """The engine's Trainer, so the timed steps are the engine's; it also records each step's real tokens."""
+    """The engine's Trainer, so the timed steps are the engine's; it also records each step's real tokens, row
+    lengths and targets (for its model FLOPs)."""
 
     step_tokens: list[int]
+    step_rows: list[tuple[list[int], int]]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
         self.step_tokens.append(sum(real_tokens(b) for b in batches))
+        self.step_rows.append(([k for b in batches for k in row_lengths(b)], sum(target_tokens(b) for b in batches)))
         return batches, n
 
 

@@ -25,6 +25,8 @@ class Timing:
     load_seconds: float
     """Building the model (load + LoRA), not part of the extrapolation."""
     eval_tokens_per_second: float | None
+    step_flops: list[float] = field(default_factory=list)
+    """Model FLOPs of each measured step (:func:`ftkit.train.flops.training_flops`: useful work only)."""
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -36,6 +38,13 @@ class Timing:
     @property
     def tokens_per_second(self) -> float:
         return sum(self.step_tokens) / max(sum(self.step_seconds), 1e-9)
+
+    @property
+    def model_flops_per_second(self) -> float | None:
+        """Model FLOPs the measured steps did per second (None when they were not counted)."""
+        if not self.step_flops:
+            return None
+        return sum(self.step_flops) / max(sum(self.step_seconds), 1e-9)
 
     @property
     def total_seconds(self) -> float:
@@ -61,6 +70,24 @@ def busy_note(timing: Timing, device: str) -> None:
 def real_tokens(batch) -> int:
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+def row_lengths(batch) -> list[int]:
+    """Real (non-pad) tokens of each row of a micro-batch: the attention mask's row sums, or for a padding-free
+    batch (one packed row, no mask) the segments where its position ids restart at 0."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return [int(n) for n in mask.sum(-1).tolist()]
+    ids, pos = batch["input_ids"], batch.get("position_ids")
+    if pos is None:
+        return [ids.shape[-1]] * ids.shape[0]
+    starts = (pos.reshape(-1) == 0).nonzero().reshape(-1).tolist() + [pos.numel()]
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def target_tokens(batch) -> int:
+    """Labels that are prediction targets after the one-position shift."""
+    return int((batch["labels"][..., 1:] != -100).sum())
 
 
 def extrapolate(timing: Timing, schedule, train_tokens: int, val_tokens: int) -> None:
