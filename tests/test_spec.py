@@ -213,6 +213,7 @@ def test_defaults_are_the_docs_defaults(docs_fields):
         "label_marker": None,
         "class_weights": "none",
         "best_metric": "eval_loss",
+        "report_to": [],
     }
     assert "local" not in spec.to_service_dict() and "evaluation_epochs" not in json.dumps(spec.normalized())
 
@@ -695,7 +696,7 @@ def test_fields_table_covers_every_field():
     assert lines[0] == "| field | type | default | allowed | meaning |"
     rows = {line.split(" | ")[0].strip("| `"): line for line in lines[2:]}
     assert list(rows) == all_paths(JobSpec)
-    assert len(rows) == 40
+    assert len(rows) == 41
     assert all(line.count(" | ") == 4 for line in lines[2:])
     assert "| `hyperparameters.n_epochs` | integer | `1` | 1..20 | Complete passes" in rows["hyperparameters.n_epochs"]
     assert "| `hyperparameters.learning_rate` | number | `1e-05` | 1e-08 <= value <= 0.01 |" in table

@@ -91,6 +91,25 @@ def _dropdown(options, value, description: str) -> W.Dropdown:
     return W.Dropdown(options=options, value=value, description=description, style=_STYLE, layout=_layout("choice"))
 
 
+def _choice_list(annotation) -> list[str]:
+    """The choices of a list-of-Literal field (e.g. local.report_to), less "none" (an empty list says none); [] for
+    any other field."""
+    if get_origin(annotation) is not list or get_origin(get_args(annotation)[0]) is not Literal:
+        return []
+    return [c for c in get_args(get_args(annotation)[0]) if c != "none"]
+
+
+def _tags(choices: list[str], value, description: str) -> W.TagsInput:
+    return W.TagsInput(
+        value=list(value),
+        allowed_tags=choices,
+        allow_duplicates=False,
+        description=description,
+        style=_STYLE,
+        layout=_layout("choice"),
+    )
+
+
 class FormFields:
     """Builds the widgets; :class:`~ftkit.cookbook.form.JobForm` adds the behaviour."""
 
@@ -177,6 +196,8 @@ class FormFields:
                 self._micro_initial = value or 0
             elif get_origin(LocalSettings.model_fields[name].annotation) is Literal:
                 w = _dropdown(get_args(LocalSettings.model_fields[name].annotation), value, name)
+            elif _choice_list(LocalSettings.model_fields[name].annotation):
+                w = _tags(_choice_list(LocalSettings.model_fields[name].annotation), value, name)
             elif name in ("output_dir", *TEXT_OR_NULL):
                 w = _text(value or "", name, placeholder="" if name == "output_dir" else "none (null)")
             elif name == "labels":

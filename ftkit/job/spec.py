@@ -33,6 +33,7 @@ from ftkit.job.checks import cross_checks
 from ftkit.job.datafiles import DatasetFiles, dataset_files
 from ftkit.job.files import read_job_source, rename, to_service_layout
 from ftkit.job.problems import JobSpecError, JobSpecWarning, translate
+from ftkit.job.trackers import NO_TRACKER, TRACKERS, missing_message
 from ftkit.models.catalog import ModelInfo, resolve_model
 
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -50,6 +51,7 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 Bool = Annotated[bool, Strict()]
 Module = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio", "none"]
 
 
 class _Section(BaseModel):
@@ -223,6 +225,32 @@ class LocalSettings(_Section):
     best_metric: Literal["eval_loss", "eval_accuracy", "eval_macro_f1", "eval_auc"] = "eval_loss"
     """The validation metric that picks the best checkpoint when best_checkpoints is true: eval_loss (lowest, the
     service's meaning) or a task metric (highest; needs labels, see local.labels)."""
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        json_schema_extra={"allowed": "a list drawn from " + ", ".join(TRACKERS) + "; [] or none = no tracker"},
+    )
+    """Experiment trackers the Trainer reports to, with ftkit's task metrics at each evaluation, in a run named after
+    the job: TensorBoard writes to <job>/tensorboard, MLflow to $MLFLOW_TRACKING_URI, else the file store
+    <job>/mlruns. Their packages are optional (pip install 'ftkit[trackers]' for tensorboard and mlflow). [] or none
+    = no tracker. A comma-separated string is accepted too."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_trackers(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        dup = sorted({t for t in v if v.count(t) > 1})
+        if dup:
+            raise PydanticCustomError("duplicate", "lists {dup} more than once", {"dup": ", ".join(dup)})
+        if NO_TRACKER in v and len(v) > 1:
+            raise PydanticCustomError("tracker_none", "none means no tracker, so it cannot be listed with others")
+        missing = missing_message(v)
+        if missing:  # refused here, when the job is read, rather than by the Trainer after the model has loaded
+            raise PydanticCustomError("tracker_missing", "{msg}", {"msg": missing})
+        return [t for t in v if t != NO_TRACKER]
 
     @field_validator("labels")
     @classmethod

@@ -16,6 +16,7 @@ from ftkit.files import atomic_dir, write_json
 from ftkit.job import store as jobstore
 from ftkit.job.store import METRIC_FIELDS
 from ftkit.models.loading import save_model
+from ftkit.train.reporting import tracker_metrics
 
 
 class TrainingStopped(FtkitError):
@@ -114,7 +115,7 @@ class FtkitCallback(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
+        logs = logs if logs is not None else {}
         if "train_loss" in logs and "loss" not in logs:  # the Trainer's end-of-run summary, not a step record
             return
         now = time.perf_counter()
@@ -135,6 +136,7 @@ class FtkitCallback(TrainerCallback):
                     record.update(self.task_scorer(self.trainer.model))
                 self._log_task(record)
             self.last_eval = record
+            logs.update(tracker_metrics(record))  # the trackers' callbacks run after this one: same run, same step
         elif "loss" in logs:
             self.trained += self._take_trained_tokens()
             dt = max(now - self.t_last, 1e-9)

@@ -35,6 +35,7 @@ from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.opening import open_everywhere
 from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
+from ftkit.train.reporting import attach_trackers, tracker_environment
 from ftkit.train.signals import StopSignals
 from ftkit.train.tasks import TaskScorer, balanced_weights, decision_task
 from ftkit.train.trainer import build_model, make_trainer, trainer_arguments, without_trainer_chatter
@@ -188,8 +189,8 @@ def encode(run: Run) -> None:
 def fit(run: Run) -> None:
     """Train with the Trainer from the start or the resume checkpoint; raises when stopped early."""
     hp, local = run.spec.hyperparameters, run.spec.local_settings()
+    step = json.loads((Path(run.resume) / "trainer_state.json").read_text())["global_step"] if run.resume else 0
     if run.resume and run.writer:
-        step = json.loads((Path(run.resume) / "trainer_state.json").read_text())["global_step"]
         dropped = jobstore.truncate_metrics(run.job.metrics_path, step)
         run.log(f"resuming at step {step}; {dropped} metric record(s) logged after that checkpoint will be re-logged")
     args = trainer_arguments(
@@ -212,6 +213,8 @@ def fit(run: Run) -> None:
         save_total_limit=2,
         disable_tqdm=not show_progress_bar(run.quiet),  # a bar on a terminal or in a notebook only
         include_num_input_tokens_seen="non_padding",
+        report_to=local.report_to,
+        run_name=run.job.id,
     )
     run.callback = FtkitCallback(
         job=run.job,
@@ -225,18 +228,20 @@ def fit(run: Run) -> None:
         best_metric=local.best_metric,
         echo=not run.quiet and not is_in_notebook(),
     )
-    run.trainer = make_trainer(
-        run.model,
-        run.tokenizer,
-        args,
-        run.batching,
-        run.train_rows.examples,
-        run.validation_rows.examples,
-        [run.callback],
-    )
-    run.callback.trainer = run.trainer
-    with without_trainer_chatter():
-        run.trainer.train(resume_from_checkpoint=run.resume)
+    with tracker_environment(run.job, local.report_to, resuming=bool(run.resume)):
+        run.trainer = make_trainer(
+            run.model,
+            run.tokenizer,
+            args,
+            run.batching,
+            run.train_rows.examples,
+            run.validation_rows.examples,
+            [run.callback],
+        )
+        run.callback.trainer = run.trainer
+        attach_trackers(run.trainer, run.job, run.writer, step, echo=not run.quiet)
+        with without_trainer_chatter():
+            run.trainer.train(resume_from_checkpoint=run.resume)
     run.callback.raise_if_stopped()
 
 

@@ -11,7 +11,7 @@ from ftkit.job import store as jobstore
 from ftkit.models.device import pick_device
 
 # Local settings that change how a job is run or reported but not what it learns: a resume may change them.
-_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps"}
+_RESUME_SAFE_LOCAL = {"output_dir", "logging_steps", "device", "save_steps", "report_to"}
 
 
 def _diff(old, new, path="") -> list[str]:

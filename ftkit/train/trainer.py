@@ -42,8 +42,10 @@ def build_model(spec, precision: Precision, progress: bool | None = None):
 
 def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, precision, batching: str, **run):
     """The TrainingArguments every ftkit training run uses (the engine and the estimate's timed steps), plus
-    ``run``: what differs between them (schedule length, logging, saving)."""
+    ``run``: what differs between them (schedule length, logging, saving, ``report_to``: the trackers, which only
+    the engine names, so the estimate's timed steps never start a tracker run)."""
     hp, local = spec.hyperparameters, spec.local_settings()
+    report_to = run.pop("report_to", [])
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro,
@@ -54,7 +56,7 @@ def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, pre
         lr_scheduler_type="linear",
         eval_strategy="no",  # evaluations follow ftkit's own n_evals schedule (FtkitCallback)
         prediction_loss_only=True,  # evaluation needs the loss only; keeping logits costs batch x length x vocab
-        report_to=[],
+        report_to=report_to,
         seed=local.seed,
         use_cpu=device == "cpu",
         remove_unused_columns=False,
