@@ -190,7 +190,7 @@ def test_merged_archive_loads_without_peft_and_matches_base_plus_adapter(tiny_jo
     import torch
 
     job, base = tiny_job
-    out = export_job(job, out=tmp_path / "merged.tar.gz", merged=True, quiet=True)
+    out = export_job(job, out=tmp_path / "merged.tar.gz", merged=True, quiet=True, dtype="fp32")
     assert "Writing model shards" not in capfd.readouterr().err  # a bar frozen at 0% in notebook 05's saved output
     names = set(members(out))
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "README.md"} <= names
@@ -237,7 +237,7 @@ def test_merge_is_refused_for_a_quantised_base_or_a_failed_logit_check(tiny_job,
     # a zero tolerance: the merged model's rounding differences are enough to refuse, naming the difference
     import ftkit.export.merge
 
-    monkeypatch.setattr(ftkit.export.merge, "MERGE_RTOL", {"fp32": 0.0, "bf16": 0.0})
+    monkeypatch.setattr(ftkit.export.merge, "MERGE_RTOL", {"fp32": 0.0, "fp16": 0.0, "bf16": 0.0})
     with pytest.raises(ExportError, match=r"differ by up to [0-9.e-]+ \(allowed 0\); nothing was exported"):
         export_job(job, out=tmp_path / "m.tar.gz", merged=True, quiet=True)
     assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,12 @@ _KIND_TEXT = {
     "adapter": "a LoRA adapter (load it on top of the base model with peft)",
     "merged": "the base model with the LoRA adapter merged into its weights (loads with transformers alone)",
     "full": "a fully fine-tuned model (loads with transformers alone)",
+    "gguf": (
+        "the model (with the LoRA adapter merged) as one GGUF file for llama.cpp, Ollama and LM Studio, "
+        "with an Ollama Modelfile"
+    ),
 }
+_DTYPE_TEXT = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _fmt(v) -> str:
@@ -59,6 +64,19 @@ def _final_metrics(metrics: list[dict]) -> list[tuple[str, object]]:
         ("trained tokens", last.get("trained_tokens")),
         ("tokens seen", last.get("tokens_seen")),
     ]
+
+
+def _gguf_usage(gguf: dict) -> str:
+    return "\n".join(
+        [
+            "```sh",
+            "# Ollama: the Modelfile sets the chat template, system prompt and stop tokens",
+            "ollama create my-model -f Modelfile && ollama run my-model",
+            "# llama.cpp",
+            f"llama-cli -m {gguf['file']} -cnv",
+            "```",
+        ]
+    )
 
 
 def _usage(kind: str, base_ref: str, hf_repo: str | None) -> str:
@@ -119,6 +137,7 @@ def model_card(
         *_training_data(data, prepared),
         *_hyperparameters(record),
         *_results(metrics, manifest.get("merge_check")),
+        *_gguf_check(manifest.get("gguf")),
         *_evaluation_tables(evaluations),
         "## Framework versions (training)",
         "\n".join(f"- {k} {v}" for k, v in (versions.get("training") or {}).items() if v),
@@ -151,10 +170,10 @@ def _card_data(name: str, manifest: dict, prepared: dict | None, evaluations: di
     return ModelCardData(
         model_name=name if results else None,
         base_model=base["hf_repo"] or None,
-        library_name="peft" if kind == "adapter" else "transformers",
+        library_name={"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
         pipeline_tag="text-generation",
         datasets=[dataset] if dataset else None,
-        tags=["ftkit", "lora" if kind != "full" else "full-fine-tuning"],
+        tags=["ftkit", "lora" if kind != "full" else "full-fine-tuning", *(["gguf"] if kind == "gguf" else [])],
         eval_results=results or None,
     )
 
@@ -169,6 +188,12 @@ def _about(manifest: dict) -> list[str]:
             "The base was ftkit's bundled CPU copy of the model (dequantised from its Q4_1 GGUF "
             "file), whose weights differ slightly from the original on the Hub."
         )
+    if manifest.get("dtype"):
+        out.append(f"The weights are saved in {_DTYPE_TEXT[manifest['dtype']]} ({manifest['dtype']}).")
+    if kind == "gguf":
+        g = manifest["gguf"]
+        out.append(f"The GGUF file `{g['file']}` holds the weights in {g['quant'].upper()} (norms in F32).")
+        return out + ["## Usage", _gguf_usage(g)]
     return out + ["## Usage", _usage(kind, base["ref"], base["hf_repo"])]
 
 
@@ -226,7 +251,28 @@ def _results(metrics: list[dict], check: dict | None) -> list[str]:
             f"on a probe prompt within {check['max_abs_diff']:.3g} "
             f"(allowed {check['tolerance']:.3g})."
         )
+    if check and check.get("trained_on_quantization", "none") != "none":
+        out.append(
+            f"The adapter was trained on a {check['trained_on_quantization']} quantised copy of the base "
+            "(QLoRA, bitsandbytes) and merged into the unquantised base weights, so the merged model's outputs "
+            "differ slightly from those of the quantised base + adapter it trained as."
+        )
     return out
+
+
+def _gguf_check(gguf: dict | None) -> list[str]:
+    if not gguf:
+        return []
+    v = gguf["verification"]
+    logits = f"next-token logits within {v['max_abs_diff']:.3g} of the merged model's"
+    if v["tolerance"] is not None:
+        logits += f" (allowed {v['tolerance']:.3g})"
+    return [
+        "## GGUF check",
+        f"Loaded back with transformers (`gguf_file=`) before it was handed over, on {len(v['probe_prompts'])} "
+        f"probe prompts: {logits}; greedy answers ({v['greedy_tokens']} tokens) agree on {v['greedy_agree']}; "
+        "the tokenizer, its BOS/EOS/pad ids and the chat template round-trip.",
+    ]
 
 
 def _evaluation_tables(evaluations: dict[str, dict]) -> list[str]:

@@ -135,13 +135,14 @@ def push_to_hub(
     token_env: str | None = None,
     commit_message: str | None = None,
     quiet: bool = False,
+    dtype: str | None = None,
 ) -> str:
     """Upload an export to the Hub model repo ``repo_id`` (created if missing, private unless
     ``private=False``).
 
     ``job_or_archive`` is a job (Job, id or folder; exported on the fly, ``merged`` as in
-    :func:`~ftkit.export.stage.export_job`) or an archive written by ``ftkit export``. The token is ``token``, else
-    the variable named by ``token_env``, else huggingface_hub's (``HF_TOKEN``, ``hf auth login``).
+    :func:`~ftkit.export.stage.export_job`, in ``dtype``) or an archive written by ``ftkit export``. The token is
+    ``token``, else the variable named by ``token_env``, else huggingface_hub's (``HF_TOKEN``, ``hf auth login``).
     ``endpoint`` defaults to ``HF_ENDPOINT`` or huggingface.co. Returns the repo URL. Raises :class:`HubError`
     with a message that never contains the token.
     """
@@ -152,9 +153,9 @@ def push_to_hub(
 
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     is_archive = is_archive_path(job_or_archive) and Path(job_or_archive).is_file()
-    if is_archive and merged:
+    if is_archive and (merged or dtype):
         raise HubError(
-            f"{job_or_archive} is an archive: it is pushed as it is (merged=True applies to jobs; "
+            f"{job_or_archive} is an archive: it is pushed as it is (merged=True and dtype apply to jobs; "
             "export the job with --merged to push a merged model)"
         )
     job = None
@@ -170,7 +171,7 @@ def push_to_hub(
                 read_manifest(folder)
             else:
                 folder = Path(tmp)
-                stage_export(job, folder, merged=merged, evaluation=evaluation, quiet=quiet)
+                stage_export(job, folder, merged=merged, evaluation=evaluation, quiet=quiet, dtype=dtype)
             return _upload(folder, repo_id, token, private, endpoint, commit_message, quiet)
     except HubError:
         raise

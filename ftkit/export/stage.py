@@ -1,6 +1,6 @@
-"""Export a finished job as one archive: the model (LoRA adapter, merged model or full model), its tokenizer
-and chat template, the job record, metrics, data manifest, library versions, evaluation results and a model
-card.
+"""Export a finished job as one archive: the model (LoRA adapter, merged model, full model, or a GGUF file with
+an Ollama Modelfile), its tokenizer and chat template, the job record, metrics, data manifest, library versions,
+evaluation results and a model card.
 
 The archive is one flat folder, so its contents are also a loadable model folder and a Hugging Face Hub repo
 as they stand (``ftkit push`` uploads the same folder). Load it back with :func:`ftkit.models.exported.load_exported`.
@@ -21,7 +21,10 @@ from ftkit.errors import redact as redact_text
 from ftkit.export.archive import write_archive
 from ftkit.export.card import model_card
 from ftkit.export.errors import ExportError
-from ftkit.export.merge import base_model_ref, merge_into
+from ftkit.export.gguf import check_quant, write_gguf
+from ftkit.export.gguf_check import verify_gguf
+from ftkit.export.merge import base_model_ref, check_export_dtype, default_export_dtype, merge_into, save_full_model
+from ftkit.export.modelfile import modelfile_text
 from ftkit.files import sha256_file, write_json, write_text
 from ftkit.job.store import METRIC_FIELDS, Job, get_job
 from ftkit.models.catalog import resolve_model
@@ -29,6 +32,7 @@ from ftkit.models.exported import ARCHIVE_SUFFIXES, EXPORT_MANIFEST, is_archive_
 from ftkit.version import __version__
 
 FORMAT_VERSION = 1
+FORMATS = ("safetensors", "gguf")
 # peft writes its own placeholder README into the adapter folder; the export writes a real model card instead
 _SKIP_MODEL_FILES = {"README.md", "training_args.bin", "best.json"}
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key|apikey|auth|authorization)$", re.IGNORECASE)
@@ -166,7 +170,76 @@ def _portable_adapter_config(folder: Path, info) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def stage_export(job, folder: str | os.PathLike, merged: bool = False, evaluation=None, quiet: bool = False) -> dict:
+def _check_options(fmt: str, kind: str, dtype: str | None, quant: str | None) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} is not an export format (allowed: {', '.join(FORMATS)})")
+    if quant is not None and fmt != "gguf":
+        raise ExportError(f"--quant {quant!r} applies to --format gguf only (the GGUF file's weight type)")
+    if dtype is not None:
+        if fmt == "gguf":
+            raise ExportError(f"--dtype {dtype!r} applies to merged and full exports; a GGUF export takes --quant")
+        if kind == "adapter":
+            raise ExportError(
+                f"--dtype {dtype!r} applies to merged and full exports; the adapter is exported as trained "
+                "(add --merged to merge it into the base in that precision)"
+            )
+        check_export_dtype(dtype)
+
+
+def _full_model(job, folder: Path, info, dtype: str | None, quiet: bool) -> str:
+    """A full fine-tune's files in ``folder``, cast to ``dtype`` (default: the base's half precision)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(job.model_dir)
+    dtype = dtype or default_export_dtype(info, config)
+    saved = str(getattr(config, "dtype", None) or "").replace("torch.", "")
+    if {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype] == saved:
+        _copy_model_files(job.model_dir, folder)
+        return dtype
+    save_full_model(job, folder, dtype, quiet=quiet)
+    return dtype
+
+
+def _gguf_model(job, folder: Path, lora: bool, quant: str, quiet: bool) -> tuple[dict, dict | None]:
+    """The GGUF file, checked by reloading it against the fp32 merged (or full) model, and its Modelfile."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix=".ftkit-gguf-", dir=folder.parent) as scratch:
+        merge_check = merge_into(job, Path(scratch), dtype="fp32", quiet=quiet) if lora else None
+        src = Path(scratch) if lora else job.model_dir
+        name = f"{job.id}-{quant}.gguf"
+        if not quiet:
+            print(f"ftkit: writing {name} and loading it back to check it", flush=True)
+        t0 = time.monotonic()
+        write_gguf(src, folder / name, quant, name=job.record.get("name") or job.id)
+        t1 = time.monotonic()
+        verification = verify_gguf(src, folder / name, quant)
+        t2 = time.monotonic()
+        config = AutoConfig.from_pretrained(src)
+        text = modelfile_text(
+            AutoTokenizer.from_pretrained(src), name, getattr(config, "max_position_embeddings", None)
+        )
+    write_text(folder / "Modelfile", text)
+    gguf = {
+        "file": name,
+        "quant": quant,
+        "bytes": (folder / name).stat().st_size,
+        "verification": verification,
+        "seconds": {"write": round(t1 - t0, 1), "verify": round(t2 - t1, 1)},
+    }
+    return gguf, merge_check
+
+
+def stage_export(
+    job,
+    folder: str | os.PathLike,
+    merged: bool = False,
+    evaluation=None,
+    quiet: bool = False,
+    dtype: str | None = None,
+    format: str = "safetensors",
+    quant: str | None = None,
+) -> dict:
     """Write the export's files into ``folder`` (what the archive and a Hub push hold); returns its manifest."""
 
     job = as_job(job)
@@ -179,14 +252,19 @@ def stage_export(job, folder: str | os.PathLike, merged: bool = False, evaluatio
         )
     lora = bool((rec.get("result") or {}).get("lora", (job.model_dir / "adapter_config.json").is_file()))
     info = resolve_model(base_model_ref(rec))
-    kind = "full" if not lora else "merged" if merged else "adapter"
-    merge_check = None
-    if kind == "merged":
-        merge_check = merge_into(job, folder, quiet=quiet)
+    kind = "gguf" if format == "gguf" else "full" if not lora else "merged" if merged else "adapter"
+    _check_options(format, kind, dtype, quant)
+    merge_check = gguf = None
+    if kind == "gguf":
+        gguf, merge_check = _gguf_model(job, folder, lora, check_quant(quant or "f16"), quiet)
+    elif kind == "merged":
+        merge_check = merge_into(job, folder, dtype=dtype, quiet=quiet)
+        dtype = merge_check["dtype"]
+    elif kind == "full":
+        dtype = _full_model(job, folder, info, dtype, quiet)
     else:
         _copy_model_files(job.model_dir, folder)
-        if kind == "adapter":
-            _portable_adapter_config(folder, info)
+        _portable_adapter_config(folder, info)
 
     job_record = redact({k: v for k, v in rec.items() if k not in ("pid", "pid_started_at", "host")})
     write_json(folder / "job.json", job_record)
@@ -212,7 +290,9 @@ def stage_export(job, folder: str | os.PathLike, merged: bool = False, evaluatio
             "kind": info.kind,
             "hf_repo": info.hf_repo,
         },
+        "dtype": dtype,
         "merge_check": merge_check,
+        "gguf": gguf,
         "evaluation_files": sorted(evaluations),
     }
     card = model_card(rec, manifest, metrics, data, prepared, evaluations, versions)
@@ -231,23 +311,30 @@ def export_job(
     evaluation=None,
     jobs_dir: str | os.PathLike | None = None,
     quiet: bool = False,
+    dtype: str | None = None,
+    format: str = "safetensors",
+    quant: str | None = None,
 ) -> Path:
     """Export a completed job as one ``.tar.gz`` archive; returns its path.
 
     ``job`` is a :class:`~ftkit.job.store.Job`, a job id (in ``jobs_dir``) or a job folder. ``out`` defaults to
-    ``<job id>.tar.gz`` (``<job id>-merged.tar.gz`` with ``merged``). With ``merged=True`` the LoRA adapter is
-    merged into a full-precision copy of the base model (refused for a quantised base, or when the merged
-    model's logits differ from base + adapter). ``evaluation`` adds evaluation results (dict, JSON file or
-    folder of JSON files) to those found in the job folder. The archive is written to a temporary file and
-    renamed at the end.
+    ``<job id>.tar.gz`` (``<job id>-merged.tar.gz`` with ``merged``, ``<job id>-gguf-<quant>.tar.gz`` for GGUF).
+    With ``merged=True`` the LoRA adapter is merged into a full-precision copy of the base model (refused for a
+    quantised base, or when the merged model's logits differ from base + adapter) and saved in ``dtype``
+    ("fp32", "fp16" or "bf16"; default the base's half precision, as for a full fine-tune). ``format="gguf"``
+    writes the merged model as one GGUF file (``quant`` "f16", "bf16" or "q8_0") with an Ollama Modelfile,
+    checked by loading it back and comparing it with the merged model. ``evaluation`` adds evaluation results
+    (dict, JSON file or folder of JSON files) to those found in the job folder. The archive is written to a
+    temporary file and renamed at the end.
     """
     job = as_job(job, jobs_dir)
-    out = Path(out or f"{job.id}{'-merged' if merged else ''}.tar.gz")
+    suffix = f"-gguf-{quant or 'f16'}" if format == "gguf" else "-merged" if merged else ""
+    out = Path(out or f"{job.id}{suffix}.tar.gz")
     if not is_archive_path(out):
         raise ExportError(f"--out {out}: the archive name must end with {' or '.join(ARCHIVE_SUFFIXES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     # staged beside the archive: a merged model can be far larger than /tmp
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        stage_export(job, tmp, merged=merged, evaluation=evaluation, quiet=quiet)
+        stage_export(job, tmp, merged, evaluation, quiet, dtype=dtype, format=format, quant=quant)
         write_archive(tmp, out)
     return out

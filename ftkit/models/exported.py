@@ -112,7 +112,8 @@ def load_exported(
     mode.
 
     Adapter archives load the base model named in their job.json (``base_model`` overrides it, e.g. a local
-    copy) and the adapter through peft; merged and full-model archives load with transformers alone. ``dest``
+    copy) and the adapter through peft; merged and full-model archives load with transformers alone, GGUF archives
+    through transformers' GGUF loader (``gguf_file=``). ``dest``
     is where to extract (default: a cache folder keyed by the archive's sha256). ``dtype`` is "fp32", "bf16"
     or "fp16".
     """
@@ -121,7 +122,8 @@ def load_exported(
     path = Path(archive)
     folder = path if path.is_dir() else extract_archive(path, dest)
     manifest = read_manifest(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    gguf = {"gguf_file": manifest["gguf"]["file"]} if manifest["kind"] == "gguf" else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **gguf)
     if manifest["kind"] == "adapter":
         from peft import PeftModel
 
@@ -131,7 +133,7 @@ def load_exported(
             model = PeftModel.from_pretrained(base, folder)
     else:
         with quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype), **gguf)
     model.to(device)
     model.eval()
     return model, tokenizer
