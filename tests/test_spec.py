@@ -201,6 +201,8 @@ def test_defaults_are_the_docs_defaults(docs_fields):
         "logging_steps": 1,
         "output_dir": "runs",
         "device": "auto",
+        "distributed": "ddp",
+        "quantization": "none",
         "validation_file": None,
         "trust_remote_code": False,
         "max_steps": None,
@@ -696,7 +698,7 @@ def test_fields_table_covers_every_field():
     assert lines[0] == "| field | type | default | allowed | meaning |"
     rows = {line.split(" | ")[0].strip("| `"): line for line in lines[2:]}
     assert list(rows) == all_paths(JobSpec)
-    assert len(rows) == 41
+    assert len(rows) == 43
     assert all(line.count(" | ") == 4 for line in lines[2:])
     assert "| `hyperparameters.n_epochs` | integer | `1` | 1..20 | Complete passes" in rows["hyperparameters.n_epochs"]
     assert "| `hyperparameters.learning_rate` | number | `1e-05` | 1e-08 <= value <= 0.01 |" in table

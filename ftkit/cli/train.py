@@ -88,7 +88,7 @@ def add_training(sub) -> None:
 
 
 def _estimate(args) -> int:
-    est = estimate(args.job, measure=not args.no_measure, steps=args.steps)
+    est = estimate(args.job, measure=not args.no_measure, steps=args.steps, processes=args.processes)
     print(json.dumps(est.to_dict(), indent=2) if args.json else est)
     return 0
 
@@ -98,5 +98,12 @@ def add_estimate(sub) -> None:
     e.add_argument("job", help="job file (.json/.yaml)")
     e.add_argument("--no-measure", action="store_true", help="do not load the model to time training steps")
     e.add_argument("--steps", type=int, default=3, help="optimizer steps timed after one warm-up (default 3)")
+    e.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes the job will run on (torchrun --nproc_per_node x nodes): local.distributed fsdp shards "
+        "the memory figure over them (default 1)",
+    )
     e.add_argument("--json", action="store_true", help="the estimate as JSON")
     e.set_defaults(func=_estimate)

@@ -24,6 +24,7 @@ from ftkit.models.catalog import (
     close_matches,
     resolve_model,
 )
+from ftkit.models.loading import BITSANDBYTES_MISSING, bitsandbytes_installed
 
 _ABSENT = object()
 
@@ -80,6 +81,7 @@ def cross_checks(data: dict, base_dir: Path | None, root: type[BaseModel]):
     _size_checks(body, info, problems)
     _column_checks(body, problems, notes)
     _task_metric_checks(body, problems)
+    _scale_checks(body, problems)
     _evaluation_notes(body, base, n_evals, notes)
     return problems, notes, info
 
@@ -217,6 +219,53 @@ def _task_metric_checks(body: _Body, problems: list) -> None:
                 metric,
                 "is a task metric, but local.labels [] turns task metrics off",
                 "eval_loss, or give local.labels (null = auto)",
+            )
+        )
+
+
+def _scale_checks(body: _Body, problems: list) -> None:
+    """local.distributed and local.quantization against the device, LoRA and each other."""
+    device = body.get("local.device")[1]
+    ok_d, distributed = body.get("local.distributed")
+    ok_q, quant = body.get("local.quantization")
+    if ok_d and distributed == "fsdp" and device == "mps":
+        problems.append(
+            SpecProblem(
+                "local.distributed",
+                "fsdp",
+                "FSDP shards over CUDA GPUs (NCCL) or CPU processes (gloo); Apple MPS has no such backend",
+                "ddp, or local.device cuda/cpu/auto",
+            )
+        )
+    if not ok_q or quant == "none":
+        return
+    if not bitsandbytes_installed():  # refused when the job is read, not after its data and model have loaded
+        problems.append(SpecProblem("local.quantization", quant, BITSANDBYTES_MISSING))
+    if body.get("hyperparameters.lora.enabled") == (True, False):
+        problems.append(
+            SpecProblem(
+                "local.quantization",
+                quant,
+                "quantised weights are frozen, so only LoRA adapters train on them; lora.enabled is false",
+                "none with full fine-tuning, or lora.enabled true",
+            )
+        )
+    if device == "mps":
+        problems.append(
+            SpecProblem(
+                "local.quantization",
+                quant,
+                "bitsandbytes quantisation runs on CUDA GPUs and CPUs, not Apple MPS (local.device is mps)",
+                "none on MPS, or local.device cuda/cpu/auto",
+            )
+        )
+    if ok_d and distributed == "fsdp":
+        problems.append(
+            SpecProblem(
+                "local.quantization",
+                quant,
+                "a quantised base is not sharded by ftkit's FSDP (local.distributed is fsdp)",
+                "none with fsdp, or local.distributed ddp (QLoRA on each GPU)",
             )
         )
 

@@ -185,6 +185,14 @@ class LocalSettings(_Section):
     """Folder that holds one sub-folder per job (relative to the current folder)."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     """Where to train. auto = CUDA, else Apple MPS, else CPU."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (torchrun / accelerate launch) share the work: ddp keeps a whole copy of the model on
+    each; fsdp shards the weights, gradients and optimizer state across them (FSDP2), for models one device cannot
+    hold. One process trains alone either way."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base model quantised by bitsandbytes (QLoRA: 4bit NF4, or 8bit) so a big model fits a small
+    GPU; the LoRA adapters train in full precision. Needs lora.enabled and the qlora extra (pip install
+    'ftkit[qlora]'). A merged export merges into the unquantised base."""
     validation_file: str | None = Field(None, min_length=1)
     """A validation CSV (relative to the job file's folder). It overrides a validation.csv in the dataset
     folder. Without any validation file, 1% of the training rows (at least one) are held out, as the service

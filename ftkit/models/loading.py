@@ -8,6 +8,9 @@ This is the one tokenizer loader: training, estimates, data checks, previews and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
+import os
 import sys
 import warnings
 
@@ -17,6 +20,10 @@ from ftkit.models.hubaccess import hub_load_options
 
 ALL_LINEAR = "all-linear"
 TORCH_DTYPES = ("fp32", "bf16", "fp16")
+BITSANDBYTES_MISSING = (
+    "quantisation needs the bitsandbytes package, which is not installed: pip install 'ftkit[qlora]' "
+    "(or use local.quantization none)"
+)
 
 
 class TokenizerError(FtkitError, ValueError):
@@ -25,6 +32,26 @@ class TokenizerError(FtkitError, ValueError):
 
 class LayerChoiceError(FtkitError, ValueError):
     """Last layers were asked for that the model does not have."""
+
+
+class QuantizationUnavailable(FtkitError, RuntimeError):
+    """local.quantization was asked for without the bitsandbytes package."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+# bitsandbytes, once installed, is imported by peft in every run and logs two warnings nobody can act on: at import,
+# that an optional CPU kernel of the Hub's `kernels` package is missing (bitsandbytes' own kernel runs instead),
+# and at every 8-bit matmul, that its inputs are cast to fp16 (what LLM.int8() does)
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("from kernels-community"))
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropMessages("inputs will be cast from"))
 
 
 def progress_bars_wanted() -> bool:
@@ -53,11 +80,12 @@ def quiet_loading(progress: bool | None = None):
             hf_logging.enable_progress_bar()
 
 
-def save_model(model, folder) -> None:
+def save_model(model, folder, state_dict: dict | None = None) -> None:
     """``save_pretrained`` as safetensors, without transformers 5's "Writing model shards" bar (frozen at 0% in a
-    saved notebook) unless bars are wanted (:func:`quiet_loading`)."""
+    saved notebook) unless bars are wanted (:func:`quiet_loading`). ``state_dict``: the weights gathered from a
+    sharded model (FSDP), whose own parameters are only this process's shards."""
     with quiet_loading():
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
 
 
 def hub_options(info) -> dict:
@@ -128,20 +156,58 @@ def load_model(
     dtype: str = "fp32",
     trust_remote_code: bool = False,
     progress: bool | None = None,
+    quantization: str = "none",
 ):
     """Load a causal LM and its tokenizer from any model reference; returns ``(model, tokenizer, info)``.
-    ``progress``: loading and download bars (default: on a terminal or in a notebook)."""
+    ``progress``: loading and download bars (default: on a terminal or in a notebook). ``quantization`` (4bit,
+    8bit): the linear layers quantised by bitsandbytes as they load, straight onto ``device``, computing in
+    ``dtype``."""
     from transformers import AutoModelForCausalLM
 
     info = resolve_model(model_ref)
     tokenizer = load_tokenizer(info, trust_remote_code=trust_remote_code)
+    placement = {}
+    if quantization != "none":  # a quantised model cannot be moved after loading
+        placement = {"quantization_config": bnb_config(quantization, dtype), "device_map": {"": _device_of(device)}}
     with quiet_loading(progress):
         model = AutoModelForCausalLM.from_pretrained(
-            info.source, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **hub_options(info)
+            info.source,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            **hub_options(info),
+            **placement,
         )
     ensure_pad_token(tokenizer, model)
-    model.to(device)
+    if not placement:
+        model.to(device)
     return model, tokenizer, info
+
+
+def bitsandbytes_installed() -> bool:
+    """Whether local.quantization can run here (the qlora extra's bitsandbytes), without importing it."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def bnb_config(quantization: str, dtype: str):
+    """transformers' BitsAndBytesConfig for local.quantization: 4bit = QLoRA's NF4 with nested quantisation of the
+    block scales, 8bit = LLM.int8(); the matmuls compute in ``dtype``."""
+    if not bitsandbytes_installed():
+        raise QuantizationUnavailable(f"local.quantization {quantization}: {BITSANDBYTES_MISSING}")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+    )
+
+
+def _device_of(device: str) -> str:
+    # each process of a multi-GPU run loads onto its own GPU
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device == "cuda" else device
 
 
 def apply_lora(model, r: int, alpha: int, dropout: float, modules: list[str] | None, last_layers: int | None = None):
@@ -149,8 +215,12 @@ def apply_lora(model, r: int, alpha: int, dropout: float, modules: list[str] | N
 
     ``last_layers`` puts adapters on the last N transformer layers only (see :func:`top_layers`).
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if getattr(model, "is_quantized", False):
+        # QLoRA: the layers that stay unquantised (norms, embeddings) in fp32 for stable training; no gradient
+        # checkpointing, which ftkit does not use elsewhere either
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     layers = top_layers(model, last_layers)
     if layers is not None and not modules:  # peft takes a layer list only with named modules
         modules = layer_linear_names(model)
@@ -206,5 +276,6 @@ def freeze_all_but_last_layers(model, last_layers: int | None) -> None:
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # bitsandbytes packs two 4-bit weights a byte and counts the bytes
+    total = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
     return trainable, total

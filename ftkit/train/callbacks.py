@@ -17,6 +17,7 @@ from ftkit.job import store as jobstore
 from ftkit.job.store import METRIC_FIELDS
 from ftkit.models.loading import save_model
 from ftkit.train.reporting import tracker_metrics
+from ftkit.train.trainer import gathered_weights
 
 
 class TrainingStopped(FtkitError):
@@ -131,10 +132,12 @@ class FtkitCallback(TrainerCallback):
             record["eval_loss"] = loss
             record["perplexity"] = math.exp(loss) if _finite(loss) and loss < 700 else None
             self.last_eval_loss = loss
-            if self.task_scorer is not None and self.writer:
+            # a model FSDP shards runs forward on every process together, so every process scores
+            if self.task_scorer is not None and (self.writer or self.trainer.is_fsdp_enabled):
                 with self.trainer.accelerator.autocast():
                     record.update(self.task_scorer(self.trainer.model))
-                self._log_task(record)
+                if self.writer:
+                    self._log_task(record)
             self.last_eval = record
             logs.update(tracker_metrics(record))  # the trackers' callbacks run after this one: same run, same step
         elif "loss" in logs:
@@ -194,7 +197,10 @@ class FtkitCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if not self.writer or not self.keep_best or not _finite(loss) or model is None:
+        if not self.keep_best or not _finite(loss) or model is None:
+            return
+        weights = gathered_weights(self.trainer) if self.trainer is not None else None  # every process, under FSDP
+        if not self.writer:
             return
         best = self.job.path / "best"
         try:
@@ -214,7 +220,7 @@ class FtkitCallback(TrainerCallback):
         if not self._better(new, prev):
             return
         with atomic_dir(best) as tmp:
-            save_model(model, tmp)
+            save_model(model, tmp, weights)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             write_json(tmp / "best.json", new)

@@ -38,7 +38,13 @@ from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_no
 from ftkit.train.reporting import attach_trackers, tracker_environment
 from ftkit.train.signals import StopSignals
 from ftkit.train.tasks import TaskScorer, balanced_weights, decision_task
-from ftkit.train.trainer import build_model, make_trainer, trainer_arguments, without_trainer_chatter
+from ftkit.train.trainer import (
+    build_model,
+    gathered_weights,
+    make_trainer,
+    trainer_arguments,
+    without_trainer_chatter,
+)
 
 
 @dataclass
@@ -123,11 +129,13 @@ def load_model(run: Run) -> None:
     run.precision = pick_precision(run.device, local.precision)
     run.log(f"device {run.device}; precision {run.precision.name} ({run.precision.reason})")
     run.model, run.tokenizer, info, (trainable, total) = build_model(
-        run.spec, run.precision, progress=show_progress_bar(run.quiet)
+        run.spec, run.precision, progress=show_progress_bar(run.quiet), device=run.device
     )
     source = display_path(info.source) if os.path.isabs(str(info.source)) else info.source
     run.log(f"model {info.name} from {source}; {ensure_pad_token(run.tokenizer)}")
-    run.log(f"{'LoRA' if hp.lora.enabled else 'full fine-tuning'}: {trainable:,} trainable of {total:,} parameters")
+    quantized = f" on a {local.quantization} base (bitsandbytes)" if local.quantization != "none" else ""
+    what = f"LoRA{quantized}" if hp.lora.enabled else "full fine-tuning"
+    run.log(f"{what}: {trainable:,} trainable of {total:,} parameters")
     run.update(
         device=run.device,
         precision=run.precision.name,
@@ -201,6 +209,7 @@ def fit(run: Run) -> None:
         run.device,
         run.precision,
         run.batching,
+        world=run.world,
         num_train_epochs=hp.n_epochs,
         # the plan's step count (n_epochs, capped by local.max_steps), so that the run, its schedule and the
         # estimate agree; the Trainer would read max_steps alone as the length and run past n_epochs
@@ -248,6 +257,7 @@ def fit(run: Run) -> None:
 def save_result(run: Run) -> None:
     """The job's model: the best checkpoint (best_checkpoints) or the last one; then status completed."""
     hp, job, trainer = run.spec.hyperparameters, run.job, run.trainer
+    weights = gathered_weights(trainer)  # every process takes part when FSDP shards the model
     if run.writer:
         best = job.path / "best"
         if hp.best_checkpoints and (best / "best.json").is_file():
@@ -258,7 +268,7 @@ def save_result(run: Run) -> None:
             run.log(f"result: best checkpoint (step {result['step']}): {result['why']}")
         else:
             with atomic_dir(job.model_dir) as tmp:
-                save_model(trainer.model, tmp)
+                save_model(trainer.model, tmp, weights)
                 run.tokenizer.save_pretrained(tmp)
             result = {"step": trainer.state.global_step, "eval_loss": run.callback.last_eval_loss}
             run.log(f"result: last checkpoint (step {result['step']})")

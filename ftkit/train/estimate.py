@@ -152,6 +152,8 @@ class Estimate:
                 f"{k} {getattr(m, k) / GIB:.2f}" for k in ("weights", "gradients", "optimizer", "activations", "logits")
             )
             free = f"; {m.available / GIB:.1f} GiB free on {m.device}" if m.available is not None else ""
+            free += f"; per process, sharded over {m.shards} (fsdp)" if m.shards > 1 else ""
+            free += f"; base weights {m.quantization}" if m.quantization != "none" else ""
             rows.append(
                 (
                     "memory (formula)",
@@ -225,7 +227,9 @@ def _schedule(spec, n_train: int, n_val: int, held_out: bool) -> Schedule:
     )
 
 
-def estimate(spec, measure: bool = True, steps: int = 3, progress: Progress | None = None) -> Estimate:
+def estimate(
+    spec, measure: bool = True, steps: int = 3, progress: Progress | None = None, processes: int = 1
+) -> Estimate:
     """Estimate a job (a :class:`~ftkit.job.spec.JobSpec`, a dict body or a job file) before running it.
 
     Counts tokens with the model's tokenizer exactly as training encodes them, computes the engine's
@@ -234,9 +238,13 @@ def estimate(spec, measure: bool = True, steps: int = 3, progress: Progress | No
     optimizer steps on the real data after one warm-up step, extrapolated to the whole job. Whatever cannot
     be computed (the tokenizer or model cannot be loaded, e.g. a hub model offline) is stated in ``missing``,
     never guessed. ``progress`` (see :data:`Progress`) hears each stage; it may cancel the estimate.
+    ``processes``: how many the job will be launched with; under local.distributed fsdp the memory figure (per
+    process) shards weights, gradients and optimizer state over them (steps and time stay those of one process).
     """
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
+    if processes < 1:
+        raise UsageError(f"processes must be at least 1, got {processes}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", JobSpecWarning)
         spec = spec if isinstance(spec, JobSpec) else load_job(spec)
@@ -265,7 +273,7 @@ def estimate(spec, measure: bool = True, steps: int = 3, progress: Progress | No
     enc_train, enc_val, unreachable = _tokens(est, spec, info, rows)
     report("memory", 1, total)
     if unreachable is None or info.kind not in ("hub", "catalog"):
-        _memory(est, spec, info)
+        _memory(est, spec, info, processes)
     else:
         est.missing.append(f"memory: the size of {info.name} needs its config.json, not reachable (see above)")
     if not measure:
@@ -337,7 +345,7 @@ def _tokens(est: Estimate, spec, info, rows):
     return enc_train, enc_val, unreachable
 
 
-def _memory(est: Estimate, spec, info) -> None:
+def _memory(est: Estimate, spec, info, processes: int = 1) -> None:
     hp, local = spec.hyperparameters, spec.local_settings()
     try:
         shape = model_shape(info, hp.lora, local.trust_remote_code, local.trainable_layers)
@@ -358,7 +366,14 @@ def _memory(est: Estimate, spec, info) -> None:
         est.missing.append("memory: neither the rows' lengths nor max_seq_length are known")
         return
     est.memory = memory_formula(
-        shape, precision.load_dtype(hp.lora.enabled), precision.name, est.schedule.micro_batch, seq, device
+        shape,
+        precision.load_dtype(hp.lora.enabled),
+        precision.name,
+        est.schedule.micro_batch,
+        seq,
+        device,
+        shards=processes if local.distributed == "fsdp" else 1,
+        quantization=local.quantization,
     )
 
 

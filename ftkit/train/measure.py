@@ -34,7 +34,7 @@ def measure_steps(spec, enc_train, enc_val, steps: int, schedule, progress=None)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         report("loading the model", 0)
-        model, tokenizer, _, _ = build_model(spec, precision)
+        model, tokenizer, _, _ = build_model(spec, precision, device=device)
         load_seconds = time.perf_counter() - t0
         batching = batching_for(model, local.batching)
         with tempfile.TemporaryDirectory(prefix="ftkit-estimate-") as tmp:

@@ -11,6 +11,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -20,27 +21,33 @@ from ftkit.models.device import Precision
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
 
 
-def build_model(spec, precision: Precision, progress: bool | None = None):
+def build_model(spec, precision: Precision, progress: bool | None = None, device: str = "cpu"):
     """(model, tokenizer, info, (trainable, total) parameters) of a job: its base model in the training
-    precision's load dtype, on the CPU (the Trainer moves it), with LoRA adapters unless lora.enabled is false."""
+    precision's load dtype, on the CPU (the Trainer moves it; a quantised base loads onto ``device``, as it cannot
+    move), with LoRA adapters unless lora.enabled is false."""
     hp, local = spec.hyperparameters, spec.local_settings()
     model, tokenizer, info = load_model(
         spec.resolved_model(),
-        device="cpu",
+        device=device if local.quantization != "none" else "cpu",
         dtype=precision.load_dtype(hp.lora.enabled),
         trust_remote_code=local.trust_remote_code,
         progress=progress,
+        quantization=local.quantization,
     )
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask
     if hp.lora.enabled:
         lora = hp.lora
+        # local.seed fixes the adapters' random start; FSDP needs it: each process shards its own copy of the model
+        torch.manual_seed(local.seed)
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.trainable_modules, local.trainable_layers)
     else:
         freeze_all_but_last_layers(model, local.trainable_layers)
     return model, tokenizer, info, count_parameters(model)
 
 
-def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, precision, batching: str, **run):
+def trainer_arguments(
+    output_dir, spec, micro: int, accum: int, device: str, precision, batching: str, world: int = 1, **run
+):
     """The TrainingArguments every ftkit training run uses (the engine and the estimate's timed steps), plus
     ``run``: what differs between them (schedule length, logging, saving, ``report_to``: the trackers, which only
     the engine names, so the estimate's timed steps never start a tracker run)."""
@@ -64,8 +71,19 @@ def trainer_arguments(output_dir, spec, micro: int, accum: int, device: str, pre
         ddp_find_unused_parameters=False,
         torch_compile=local.torch_compile,
         **precision.trainer_flags,
+        **fsdp_arguments(spec, world),
         **run,
     )
+
+
+def fsdp_arguments(spec, world: int) -> dict:
+    """The Trainer's ``fsdp`` / ``fsdp_config`` for local.distributed fsdp over ``world`` processes (none for one
+    process, or ddp): FSDP2 through accelerate, fully sharded, each decoder layer (the model's ``_no_split_modules``)
+    its own unit. FSDP2 shards every parameter, frozen or not, so a layer's LoRA adapters are sharded with it.
+    Checkpoints hold the full state dict, gathered on the main process (the Trainer's default)."""
+    if spec.local.distributed != "fsdp" or world < 2:
+        return {}
+    return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}}
 
 
 def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, callbacks=(), cls=None):
@@ -88,6 +106,22 @@ def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, 
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(BarOnly())
     return trainer
+
+
+def gathered_weights(trainer) -> dict | None:
+    """The weights to save, whole, of a model FSDP shards across processes; None when it is not sharded (then
+    ``save_pretrained`` reads the model itself). A collective: every process must call it. A LoRA model gathers its
+    adapters alone (every process gets them); full fine-tuning gathers the whole model on the main process."""
+    if not trainer.is_fsdp_enabled:
+        return None
+    model = trainer.model
+    if not hasattr(model, "peft_config"):
+        return trainer.accelerator.get_state_dict(model)
+    return {
+        name: p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 class TrainingSetupError(FtkitError, ValueError):
@@ -133,6 +167,24 @@ class CountingTrainer(Trainer):
     """
 
     trained_tokens_pending = 0
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        plugin_args = self.args.fsdp_plugin_args
+        state = self.accelerator.state
+        if plugin_args and not self.is_fsdp_enabled and state.distributed_type == DistributedType.MULTI_CPU:
+            # accelerate enables an FSDP plugin for accelerator devices only and drops it, silently, for CPU
+            # processes; FSDP2 itself shards over gloo, so CPU runs take the same sharded path as GPU runs. The
+            # process state is set too: accelerate copies it back into the accelerator's state on every access.
+            from accelerate import PartialState
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin(**plugin_args)
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin = plugin
+            state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+            self.is_fsdp_enabled = True
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
