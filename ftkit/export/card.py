@@ -270,7 +270,8 @@ def _gguf_check(gguf: dict | None) -> list[str]:
     return [
         "## GGUF check",
         f"Loaded back with transformers (`gguf_file=`) before it was handed over, on {len(v['probe_prompts'])} "
-        f"probe prompts: {logits}; greedy answers ({v['greedy_tokens']} tokens) agree on {v['greedy_agree']}; "
+        f"probe prompts: {logits}; greedy answers start alike on {v.get('first_token_agree')} and agree over "
+        f"{v['greedy_tokens']} tokens on {v['greedy_agree']}; "
         "the tokenizer, its BOS/EOS/pad ids and the chat template round-trip.",
     ]
 
