@@ -115,9 +115,16 @@ def test_bundled_estimate_times_real_training_steps(pubmedqa_small, bundled_mode
     # natively and faster), not a separate guess
     assert (t.device, t.precision, t.batching) == ("cpu", pick_precision("cpu").name, "padded")
     assert est.memory.measured_peak > 0 and est.memory.seq == est.tokens.longest
+    # model FLOPs of each measured step by ftkit.train.flops: at least the 4 x 106M decoder matmul weights a token
+    # (LoRA: forward + input gradients), at most 4 x all 134.5M parameters plus attention
+    assert len(t.step_flops) == 2
+    for flops, tokens in zip(t.step_flops, t.step_tokens, strict=True):
+        assert 4 * 106_168_320 < flops / tokens < 4 * 134_515_008
+    assert t.model_flops_per_second == pytest.approx(sum(t.step_flops) / sum(t.step_seconds))
 
     text = str(est)
     assert "s/step over 2 step(s)" in text and "priced tokens" in text and "time estimate" in text
+    assert "GFLOP/s" in text and "LM head on targets only" in text
     assert "<table>" in est._repr_html_()
     d = est.to_dict()
     assert d["priced_tokens"] == est.priced_tokens and d["timing"]["seconds_per_step"] == t.seconds_per_step

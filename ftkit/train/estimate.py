@@ -173,6 +173,18 @@ class Estimate:
                     f"{tm.warmup_steps} warm-up; {tm.tokens_per_second:,.0f} tokens/s; {tm.device}, "
                     f"{tm.precision}, {tm.batching}; model built in {tm.load_seconds:.1f} s",
                 ),
+            ]
+            if tm.model_flops_per_second:
+                rows.append(
+                    (
+                        "model FLOP/s",
+                        f"{tm.model_flops_per_second / 1e9:,.1f} GFLOP/s "
+                        f"({sum(tm.step_flops) / len(tm.step_flops) / 1e12:.2f} TFLOP a step: "
+                        "matmuls on real tokens, causal attention, LM head on targets only; "
+                        "ftkit.train.flops)",
+                    )
+                )
+            rows += [
                 (
                     "time estimate",
                     f"{_duration(tm.total_seconds)} (training {_duration(tm.train_seconds)} + "
