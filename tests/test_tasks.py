@@ -227,3 +227,28 @@ def test_task_metrics_with_a_label_marker_decide_after_generating(tmp_path, tiny
     (row,) = evals(job)
     assert 0 <= row["eval_accuracy"] <= 1 and set(row["eval_label_shares"]) == {"yes", "no", "maybe"}
     assert "decided after generating up to 'Answer:'" in (job.path / "job.log").read_text()
+
+
+def test_scoring_from_the_generation_cache_gives_the_two_pass_scores_whether_the_marker_is_generated_or_appended(
+    bundled_model_dir,
+):
+    from ftkit.results.inference import load_for_inference
+    from ftkit.results.reasoning import score_after_reasoning, score_after_reasoning_twice
+
+    model, tok = load_for_inference(str(bundled_model_dir), device="cpu")
+    prompts = [
+        "Is the sky blue? Explain briefly, then answer yes or no after 'Answer:'.",
+        "Does aspirin prevent heart attacks in every adult? Explain in one sentence, then write 'Answer:' and yes, "
+        "no or maybe.",
+        "Is water wet?",
+        "Four, the last one?",
+    ]
+    # SmolLM2 writes "The sky is not blue. The answer is no." to the first prompt: with that marker one batch holds a
+    # row that generates the marker, one that ends early ("No") and two cut at max_new_tokens (marker appended)
+    marker, labels = "The answer is", ("yes", "no", "maybe")
+    fast = score_after_reasoning(model, tok, prompts, labels, marker, max_new_tokens=16, batch_size=4)
+    slow = score_after_reasoning_twice(model, tok, prompts, labels, marker, 16, batch_size=4)
+    assert fast[2][0] == "The sky is not blue." and fast[2][1] == "No"
+    assert fast[0] == slow[0] and fast[2] == slow[2]
+    for a, b in zip(fast[1], slow[1], strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
