@@ -78,8 +78,9 @@ def test_two_process_fsdp_run_matches_one_process_writes_once_and_resumes(tmp_pa
 
     job = jobstore.get_job("tiny", tmp_path / "runs")
     assert job.record["status"] == "completed" and job.record["world_size"] == 2
-    # sharded for real: the Trainer checkpoints an FSDP model as pytorch_model_fsdp.bin (DDP writes no such file)
-    assert (job.path / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp.bin").is_file()
+    # sharded for real: each process wrote its shards of the model and optimizer (torch.distributed.checkpoint)
+    assert (job.path / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0" / ".metadata").is_file()
+    assert (job.path / "checkpoints" / "checkpoint-4" / "optimizer_0" / ".metadata").is_file()
     losses = _losses(job)
     assert [r[0] for r in losses] == [1, 2, 2, 3, 4, 4]  # one writer: every step recorded once, 2 evaluations
     assert losses[2][3] is not None  # task metrics scored under FSDP (every process runs the forward)

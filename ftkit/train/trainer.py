@@ -80,10 +80,14 @@ def fsdp_arguments(spec, world: int) -> dict:
     """The Trainer's ``fsdp`` / ``fsdp_config`` for local.distributed fsdp over ``world`` processes (none for one
     process, or ddp): FSDP2 through accelerate, fully sharded, each decoder layer (the model's ``_no_split_modules``)
     its own unit. FSDP2 shards every parameter, frozen or not, so a layer's LoRA adapters are sharded with it.
-    Checkpoints hold the full state dict, gathered on the main process (the Trainer's default)."""
+    Checkpoints are sharded (torch.distributed.checkpoint: each process writes its own shards, nothing is gathered
+    on one process, which a 14B model's full state dict would need in CPU memory), and a resume reads them back."""
     if spec.local.distributed != "fsdp" or world < 2:
         return {}
-    return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}}
+    return {
+        "fsdp": True,
+        "fsdp_config": {"version": 2, "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"},
+    }
 
 
 def make_trainer(model, tokenizer, args, batching: str, train, evaluation=None, callbacks=(), cls=None):
