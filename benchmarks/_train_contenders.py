@@ -43,7 +43,7 @@ def instrument() -> None:
     """
     from transformers import Trainer, TrainerCallback
 
-    from ftkit.train.timing import row_lengths
+    from ftkit.train.timing import row_lengths, target_tokens
 
     class _Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -60,8 +60,8 @@ def instrument() -> None:
         self.callback_handler.callbacks.insert(0, _Clock())
 
     def training_step(self, model, inputs, *a, **kw):
-        labels, ids = inputs["labels"], inputs["input_ids"]
-        trained = int((labels[..., 1:] != IGNORE).sum())
+        ids = inputs["input_ids"]
+        trained = target_tokens(inputs)
         lengths = row_lengths(inputs)
         STATS["micro_batches"] += 1
         STATS["trained_tokens"] += trained

@@ -220,11 +220,10 @@ def summarize(runs: list[dict], contenders: list[str], peaks: dict) -> dict:
         s["facts"] = {k: ok[0].get(k) for k in FACTS}
         peak = peaks.get(ok[0]["precision"])
         if peak:
-            g = s["model_gflops"]["median"]
-            s["share_of_peak"] = {"square": g / peak["square"], "model_576x1536": g / peak["model_576x1536"]}
-            if "steady_model_gflops" in s:
-                g = s["steady_model_gflops"]["median"]
-                s["steady_share_of_peak"] = {"square": g / peak["square"], "model_576x1536": g / peak["model_576x1536"]}
+            for key in ("", "steady_"):
+                if f"{key}model_gflops" in s:
+                    g = s[f"{key}model_gflops"]["median"]
+                    s[f"{key}share_of_peak"] = {k: g / peak[k] for k in ("square", "model_576x1536")}
         s["failed_runs"] = sum(1 for r in runs if r["contender"] == name and "error" in r)
         out[name] = s
     ratio_metrics = ("wall_s", "train_s", "real_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")

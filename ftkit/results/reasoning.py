@@ -77,7 +77,8 @@ def score_after_reasoning(
     """
     import torch
 
-    wanted = [label_tokens_after(tokenizer, labels, marker)[x] for x in labels]
+    firsts = label_tokens_after(tokenizer, labels, marker)
+    wanted = [firsts[x] for x in labels]
     cfg = _generation_config(model, tokenizer, marker, max_new_tokens, with_cache=True)
     ctx = contexts(tokenizer, prompts)
     logps: list[list[float]] = [[]] * len(prompts)

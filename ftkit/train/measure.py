@@ -13,7 +13,7 @@ from ftkit.models.device import pick_device, pick_precision
 from ftkit.train.flops import Shape, training_flops
 from ftkit.train.memory import PeakRSS
 from ftkit.train.plan import batching_for
-from ftkit.train.timing import Timing, busy_note, extrapolate, real_tokens, row_lengths, target_tokens
+from ftkit.train.timing import Timing, busy_note, extrapolate, row_lengths, target_tokens
 from ftkit.train.trainer import CountingTrainer, build_model, make_trainer, trainer_arguments
 
 
@@ -123,8 +123,9 @@ class _Counting(CountingTrainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.step_tokens.append(sum(real_tokens(b) for b in batches))
-        self.step_rows.append(([k for b in batches for k in row_lengths(b)], sum(target_tokens(b) for b in batches)))
+        lengths = [k for b in batches for k in row_lengths(b)]
+        self.step_tokens.append(sum(lengths))
+        self.step_rows.append((lengths, sum(target_tokens(b) for b in batches)))
         return batches, n
 
 

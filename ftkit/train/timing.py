@@ -67,11 +67,6 @@ def busy_note(timing: Timing, device: str) -> None:
         )
 
 
-def real_tokens(batch) -> int:
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-
-
 def row_lengths(batch) -> list[int]:
     """Real (non-pad) tokens of each row of a micro-batch: the attention mask's row sums, or for a padding-free
     batch (one packed row, no mask) the segments where its position ids restart at 0."""

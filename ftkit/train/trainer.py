@@ -19,6 +19,7 @@ from ftkit.data.encoding import collator_for
 from ftkit.errors import FtkitError
 from ftkit.models.device import Precision
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
+from ftkit.train.timing import target_tokens
 
 
 def build_model(spec, precision: Precision, progress: bool | None = None, device: str = "cpu"):
@@ -193,7 +194,7 @@ class CountingTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, n = super().get_batch_samples(epoch_iterator, num_batches, device)
         for b in batches:
-            self.trained_tokens_pending += int((b["labels"][..., 1:] != -100).sum())
+            self.trained_tokens_pending += target_tokens(b)
         return batches, n
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
