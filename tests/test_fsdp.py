@@ -75,6 +75,8 @@ def test_two_process_fsdp_run_matches_one_process_writes_once_and_resumes(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # every process reports the job completed: none ends before rank 0 has recorded the result
+    assert out.stdout.count("job tiny: completed") == 2 and "running" not in out.stdout, out.stdout
 
     job = jobstore.get_job("tiny", tmp_path / "runs")
     assert job.record["status"] == "completed" and job.record["world_size"] == 2

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers.utils import is_in_notebook
 
 from ftkit.data.encoding import Encoded, encode_rows
@@ -285,7 +286,16 @@ def save_result(run: Run) -> None:
         torch.cuda.empty_cache()
 
 
-PHASES = (start, load_model, encode, fit, save_result)
+def close_processes(run: Run) -> None:
+    """Under torchrun: wait until rank 0 has recorded the result, then close the process group. Left open, its
+    threads met the interpreter's exit and a process could abort (SIGABRT, "terminate called without an active
+    exception") after a completed job; and a non-writer could report the job still running."""
+    if run.world > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+PHASES = (start, load_model, encode, fit, save_result, close_processes)
 
 
 def _why_best(best: dict, records: list[dict]) -> str:
