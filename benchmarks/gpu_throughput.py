@@ -11,6 +11,12 @@ same run.
 
     python benchmarks/gpu_throughput.py                        # 8B shape, batch 8, 20 timed steps
     python benchmarks/gpu_throughput.py --layers 8 --steps 10  # a smaller GPU
+    python benchmarks/gpu_throughput.py --compare              # with and without each fast-path piece
+
+``--compare`` runs the configurations of :data:`COMPARE` one after the other, each in a fresh process (SDPA with
+padding; FlashAttention-2 with padding; FlashAttention-2 with padding-free packing; that plus Liger's kernels), and
+writes one table; a configuration whose package is missing is reported as skipped. Model FLOPs come from
+``ftkit.train.flops.training_flops`` (the count ``ftkit estimate`` and the CPU benchmarks use).
 
 Without CUDA it exits with code 2. ``--device cpu`` with tiny shape options only checks the script itself.
 """
@@ -41,6 +47,15 @@ PEAK_TFLOPS = (
     ("L4", 121.0),
     ("A10", 125.0),
     ("RTX 4090", 165.0),
+)
+
+
+# --compare: (label, arguments); each runs in its own process so that no memory or kernel choice carries over
+COMPARE = (
+    ("SDPA, padded", ["--attn", "sdpa", "--batching", "padded", "--liger", "off"]),
+    ("FlashAttention-2, padded", ["--attn", "flash_attention_2", "--batching", "padded", "--liger", "off"]),
+    ("FlashAttention-2, padding-free", ["--attn", "flash_attention_2", "--batching", "padding_free", "--liger", "off"]),
+    ("FlashAttention-2, padding-free, Liger", ["--attn", "flash_attention_2", "--batching", "padding_free"]),
 )
 
 
@@ -129,6 +144,77 @@ def matmul_tflops(device: str, size: int = 8192, reps: int = 10) -> float:
     return 2 * size**3 / best / 1e12
 
 
+def _passed_on(args) -> list[str]:
+    """The shape and schedule options of this run, to pass to each configuration's process."""
+    skip = {"compare", "attn", "batching", "liger", "out"}
+    out = []
+    for k, v in vars(args).items():
+        if k not in skip and v is not None:
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def compare(args) -> int:
+    """Each configuration of COMPARE in its own process; one table of the results (a missing package: skipped)."""
+    import importlib.util
+    import json
+    import subprocess
+    import tempfile
+
+    from ftkit.files import write_json, write_text
+
+    rows, date = [], time.strftime("%Y-%m-%d")
+    for label, extra in COMPARE:
+        missing = [
+            pkg
+            for pkg, needed in (("flash_attn", "flash_attention_2" in extra), ("liger_kernel", "off" not in extra))
+            if needed and importlib.util.find_spec(pkg) is None
+        ]
+        if missing:
+            rows.append({"label": label, "skipped": f"{', '.join(missing)} not installed"})
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, __file__, *_passed_on(args), *extra, "--out", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            found = sorted(Path(tmp).glob("gpu_throughput-*.json"))
+            if done.returncode != 0 or not found:
+                rows.append({"label": label, "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"})
+                continue
+            rows.append({"label": label, **json.loads(found[0].read_text())})
+    out = Path(args.out)
+    write_json(out / f"gpu_throughput-compare-{date}.json", rows)
+    base = next((r["tokens_per_s"] for r in rows if "tokens_per_s" in r), None)
+    lines = [
+        f"# GPU fast path, with and without each piece, {date}",
+        "",
+        "| configuration | tokens/s | vs first | peak memory | model TFLOP/s | MFU (data sheet) | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['label']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        mem = r["peak_memory_allocated_mb"]
+        mfu = f"{r['mfu_spec']:.1%}" if r["mfu_spec"] is not None else "n/a"
+        lines.append(
+            f"| {r['label']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x | "
+            f"{mem / 1024:.1f} GiB | {r['model_tflops']:.1f} | {mfu} | {r['final_loss']:.4f} |"
+            if mem is not None
+            else f"| {r['label']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x | n/a | "
+            f"{r['model_tflops']:.3f} | {mfu} | {r['final_loss']:.4f} |"
+        )
+    first = next((r for r in rows if "gpu" in r), {})
+    lines += [
+        "",
+        f"GPU: {first.get('gpu') or first.get('device')}; command: `python benchmarks/gpu_throughput.py "
+        f"--compare {' '.join(_passed_on(args))}`",
+    ]
+    md = "\n".join(lines) + "\n"
+    write_text(out / f"gpu_throughput-compare-{date}.md", md)
+    print(md)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
@@ -142,6 +228,13 @@ def main() -> int:
         default=None,
         help="attention implementation (default: flash_attention_2 if the flash_attn package is installed, else sdpa)",
     )
+    p.add_argument(
+        "--liger",
+        choices=("auto", "off"),
+        default="auto",
+        help="Liger's RMSNorm/RoPE/SwiGLU kernels where liger-kernel is installed (ftkit.models.kernels), or off",
+    )
+    p.add_argument("--compare", action="store_true", help="run every configuration of COMPARE; one table")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -173,10 +266,16 @@ def main() -> int:
 
         args.attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
+    if args.compare:
+        return compare(args)
+
     from ftkit.data.encoding import padding_free_collator
     from ftkit.files import write_json, write_text
+    from ftkit.models.kernels import apply_liger
     from ftkit.models.loading import apply_lora, count_parameters
+    from ftkit.train.flops import Shape, training_flops
     from ftkit.train.plan import auto_batching
+    from ftkit.train.trainer import target_positions_forward
 
     dev = args.device
     torch.manual_seed(args.seed)
@@ -187,6 +286,7 @@ def main() -> int:
     t = time.perf_counter()
     model = build_model(args, dev)
     ftkit_would_batch = auto_batching(model)
+    liger = apply_liger(model, dev) if args.liger == "auto" else []
     model = apply_lora(model, args.lora_r, args.lora_alpha, 0.0, None)
     init_s = time.perf_counter() - t
     trainable, total = count_parameters(model)
@@ -198,7 +298,8 @@ def main() -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, fused=True)
     rng = random.Random(args.seed)
     collate = padding_free_collator() if args.batching == "padding_free" else padded_batch
-    step_s, tokens, trained, losses = [], [], [], []
+    step_s, tokens, trained, losses, flops = [], [], [], [], []
+    shape = Shape.from_config(model.config)
     model.train()
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -209,7 +310,7 @@ def main() -> int:
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast(device_type=dev, dtype=torch.bfloat16):
-            loss = model(**batch).loss
+            loss = target_positions_forward(model, batch)[0].mean()  # the engine's loss: LM head on targets only
         loss.backward()
         loss = loss.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -221,6 +322,7 @@ def main() -> int:
             step_s.append(time.perf_counter() - t)
             tokens.append(sum(len(r["input_ids"]) for r in rows))
             trained.append(sum(1 for r in rows for x in r["labels"][1:] if x != -100))
+            flops.append(training_flops(shape, [len(r["input_ids"]) for r in rows], trained[-1], args.lora_r).total)
             losses.append(float(loss))
         print(
             f"step {step + 1}/{args.warmup + args.steps}: {time.perf_counter() - t:.3f} s, loss {float(loss):.3f}",
@@ -229,7 +331,7 @@ def main() -> int:
 
     secs = sum(step_s)
     tok_s = sum(tokens) / secs
-    achieved = 4 * matmul_params * tok_s / 1e12  # LoRA: forward 2x + backward through frozen weights 2x
+    achieved = sum(flops) / secs / 1e12
     date = time.strftime("%Y-%m-%d")
     result = {
         "date": date,
@@ -239,6 +341,7 @@ def main() -> int:
         "cuda": torch.version.cuda,
         "settings": vars(args),
         "attn_implementation": args.attn,
+        "liger_kernels": liger,
         "ftkit_auto_batching_for_this_attention": ftkit_would_batch,
         "parameters": {"total": total, "trainable": trainable, "matmul": matmul_params},
         "init_s": init_s,
@@ -288,8 +391,8 @@ def main() -> int:
         + f" | {achieved:.1f} | {pct(result['mfu_spec'], peak)} | "
         f"{pct(result['mfu_measured'], measured_peak)} |",
         "",
-        "Model TFLOP/s = 4 x matmul parameters (all but the input embedding) x tokens/s: LoRA's forward "
-        "(2x) and backward through the frozen weights (2x); attention scores are not counted.",
+        f"Liger kernels: {', '.join(liger) or 'none'}. Model TFLOP/s: ftkit.train.flops.training_flops of each "
+        "step's rows (decoder matmuls, causal attention, the LM head on target positions, LoRA) / seconds.",
     ]
     md = "\n".join(lines) + "\n"
     write_text(out / f"gpu_throughput-{date}.md", md)

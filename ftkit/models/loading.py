@@ -157,11 +157,13 @@ def load_model(
     trust_remote_code: bool = False,
     progress: bool | None = None,
     quantization: str = "none",
+    attention: str | None = None,
 ):
     """Load a causal LM and its tokenizer from any model reference; returns ``(model, tokenizer, info)``.
     ``progress``: loading and download bars (default: on a terminal or in a notebook). ``quantization`` (4bit,
     8bit): the linear layers quantised by bitsandbytes as they load, straight onto ``device``, computing in
-    ``dtype``."""
+    ``dtype``. ``attention``: an ``attn_implementation`` (see :mod:`ftkit.models.kernels`); None, transformers'
+    default."""
     from transformers import AutoModelForCausalLM
 
     info = resolve_model(model_ref)
@@ -176,6 +178,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
             **hub_options(info),
             **placement,
+            **({"attn_implementation": attention} if attention else {}),
         )
     ensure_pad_token(tokenizer, model)
     if not placement:

@@ -31,6 +31,7 @@ from ftkit.job.datacheck import check_job_data, warning_lines
 from ftkit.job.datafiles import DatasetFiles
 from ftkit.job.spec import JobSpec, load_job
 from ftkit.models.device import Precision, pick_device, pick_precision
+from ftkit.models.kernels import kernels_note
 from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wanted, save_model
 from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
@@ -134,6 +135,8 @@ def load_model(run: Run) -> None:
     )
     source = display_path(info.source) if os.path.isabs(str(info.source)) else info.source
     run.log(f"model {info.name} from {source}; {ensure_pad_token(run.tokenizer)}")
+    if kernels_note(run.model):
+        run.log(kernels_note(run.model))
     quantized = f" on a {local.quantization} base (bitsandbytes)" if local.quantization != "none" else ""
     what = f"LoRA{quantized}" if hp.lora.enabled else "full fine-tuning"
     run.log(f"{what}: {trainable:,} trainable of {total:,} parameters")

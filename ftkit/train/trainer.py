@@ -18,6 +18,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ftkit.data.encoding import collator_for
 from ftkit.errors import FtkitError
 from ftkit.models.device import Precision
+from ftkit.models.kernels import apply_liger, attention_implementation
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
 from ftkit.train.timing import target_tokens
 
@@ -27,14 +28,17 @@ def build_model(spec, precision: Precision, progress: bool | None = None, device
     precision's load dtype, on the CPU (the Trainer moves it; a quantised base loads onto ``device``, as it cannot
     move), with LoRA adapters unless lora.enabled is false."""
     hp, local = spec.hyperparameters, spec.local_settings()
+    dtype = precision.load_dtype(hp.lora.enabled)
     model, tokenizer, info = load_model(
         spec.resolved_model(),
         device=device if local.quantization != "none" else "cpu",
-        dtype=precision.load_dtype(hp.lora.enabled),
+        dtype=dtype,
         trust_remote_code=local.trust_remote_code,
         progress=progress,
         quantization=local.quantization,
+        attention=attention_implementation(device, dtype),
     )
+    apply_liger(model, device)
     model.config.use_cache = False  # a KV cache during training disables the packed-sequence attention mask
     if hp.lora.enabled:
         lora = hp.lora
@@ -208,11 +212,7 @@ class CountingTrainer(Trainer):
                 )
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        targets = labels[..., 1:]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[..., :-1] = targets != -100  # position t predicts token t + 1
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
-        per_token = F.cross_entropy(outputs.logits.float(), targets[keep[..., :-1]], reduction="none")
+        per_token, outputs, keep = target_positions_forward(model, inputs)
         if weights is not None:  # a row's weight scales each of its target tokens (class balancing)
             per_token = per_token * weights[..., 1:][keep[..., :-1]].to(per_token.dtype)
         loss = per_token.sum()
@@ -225,6 +225,18 @@ class CountingTrainer(Trainer):
             loss = loss / keep.sum().clamp(min=1)
         outputs.loss = loss
         return (loss, outputs) if return_outputs else loss
+
+
+def target_positions_forward(model, inputs: dict):
+    """(per-token cross-entropy of the prediction targets, the model's outputs, the mask of positions kept): one
+    forward that projects only the positions with a target onto the vocabulary (``inputs`` holds ``labels``)."""
+    labels = inputs["labels"]
+    targets = labels[..., 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[..., :-1] = targets != -100  # position t predicts token t + 1
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+    per_token = F.cross_entropy(outputs.logits.float(), targets[keep[..., :-1]], reduction="none")
+    return per_token, outputs, keep
 
 
 def slices_logits(model) -> bool:
