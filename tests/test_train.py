@@ -385,36 +385,3 @@ def test_trainable_layers_adapts_only_the_last_layers_and_rejects_too_many(tmp_p
     bad = make_spec(tmp_path, tiny_model_dir, name="bad", local={"max_steps": 1, "trainable_layers": 3})
     with pytest.raises(jobstore.JobError, match="trainable_layers is 3, but the model has only 2 transformer layers"):
         train(bad, quiet=True)
-
-
-def test_torch_compile_auto_is_on_only_for_long_cpu_jobs_in_fp32(tmp_path):
-    from ftkit.job.problems import JobSpecError
-    from ftkit.job.spec import load_job
-    from ftkit.models.device import Precision
-    from ftkit.train.plan import COMPILE_MIN_STEPS, compile_decision
-    from ftkit.train.trainer import trainer_arguments
-
-    n = COMPILE_MIN_STEPS
-    assert compile_decision("auto", "cpu", "fp32", n) == (
-        True,
-        f"local.torch_compile auto: {n} steps on a CPU in fp32 (on from {n})",
-    )
-    assert not compile_decision("auto", "cpu", "fp32", n - 1)[0]  # too short to win the compile time back
-    assert not compile_decision("auto", "cpu", "bf16", 1000)[0]  # not measured: stays off
-    assert not compile_decision("auto", "cuda", "bf16", 1000)[0]
-    assert compile_decision(True, "cpu", "fp32", 1) == (True, "local.torch_compile true")
-    assert compile_decision(False, "cpu", "fp32", 1000) == (False, "local.torch_compile false")
-
-    body = {
-        "name": "c",
-        "base_model_id": "bundled",
-        "dataset": {"id": str(tmp_path), "prompt_column": "prompt", "answer_column": "answer"},
-        "local": {"torch_compile": "auto"},
-    }
-    fp32 = Precision("fp32", "test")
-    for steps, compiled in ((n, True), (n - 1, False)):
-        args = trainer_arguments(tmp_path, load_job(body), 8, 1, "cpu", fp32, "padded", max_steps=steps)
-        assert args.torch_compile is compiled
-    body["local"]["torch_compile"] = "yes"
-    with pytest.raises(JobSpecError, match=r'local.torch_compile: .*got "yes"; allowed: one of auto, true, false'):
-        load_job(body)

@@ -195,8 +195,7 @@ class FormFields:
                 w = _dropdown([("auto (= batch_size)", 0)], 0, name)
                 self._micro_initial = value or 0
             elif get_origin(LocalSettings.model_fields[name].annotation) is Literal:
-                choices = get_args(LocalSettings.model_fields[name].annotation)
-                w = _dropdown([(str(c).lower() if isinstance(c, bool) else c, c) for c in choices], value, name)
+                w = _dropdown(get_args(LocalSettings.model_fields[name].annotation), value, name)
             elif _choice_list(LocalSettings.model_fields[name].annotation):
                 w = _tags(_choice_list(LocalSettings.model_fields[name].annotation), value, name)
             elif name in ("output_dir", *TEXT_OR_NULL):

@@ -122,7 +122,7 @@ def type_name(info: Any) -> str:
     t, nullable = _base_type(info.annotation)
     origin = typing.get_origin(t)
     if origin is typing.Literal:
-        name = "string or boolean" if any(isinstance(a, bool) for a in typing.get_args(t)) else "string"
+        name = "string"
     elif origin is list:
         name = "list of strings"
     elif _models_in(t):
@@ -143,7 +143,7 @@ def allowed_text(info: Any, item: bool = False) -> str:
     if "allowed" in extra:
         return extra["allowed"]
     if typing.get_origin(t) is typing.Literal:
-        text = "one of " + ", ".join(json.dumps(a) if isinstance(a, bool) else a for a in typing.get_args(t))
+        text = "one of " + ", ".join(typing.get_args(t))
     elif t is bool:
         text = "true or false"
     elif _models_in(t):

@@ -204,10 +204,8 @@ class LocalSettings(_Section):
     steps, whichever comes first. null = n_epochs full passes."""
     max_train_rows: Int | None = Field(None, ge=1)
     """Use only the first N training rows (for quick trial runs). null = all."""
-    torch_compile: Literal["auto", True, False] = False
-    """Compile the model with torch.compile: true, false, or auto = on only for a CPU job in fp32 of at least 60
-    optimizer steps, where it was measured to pay (2-core AVX2 EPYC: steps 1.9x faster after about 11 minutes of
-    compiling, so from about 40 steps on; README). Elsewhere auto stays off: not measured."""
+    torch_compile: Bool = False
+    """Compile the model with torch.compile (faster steps on recent GPUs after a slow first step)."""
     save_steps: Int | None = Field(None, ge=1)
     """Write a resumable checkpoint every this many optimizer steps. null = about ten per run."""
     trainable_layers: Int | None = Field(None, ge=1)

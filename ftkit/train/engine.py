@@ -36,7 +36,7 @@ from ftkit.models.loading import ensure_pad_token, hub_options, progress_bars_wa
 from ftkit.paths import display_path
 from ftkit.train.callbacks import FtkitCallback, TrainingStopped
 from ftkit.train.opening import open_everywhere
-from ftkit.train.plan import batching_for, compile_decision, eval_schedule, job_rows, max_steps_note, step_plan
+from ftkit.train.plan import batching_for, eval_schedule, job_rows, max_steps_note, step_plan
 from ftkit.train.reporting import attach_trackers, tracker_environment
 from ftkit.train.signals import StopSignals
 from ftkit.train.tasks import TaskScorer, balanced_weights, decision_task
@@ -185,9 +185,6 @@ def encode(run: Run) -> None:
         f"evaluations after steps {list(run.evaluations) or 'none'}; batching {run.batching}; "
         f"max_seq_length {max_len}"
     )
-    compiled, why = compile_decision(spec.local.torch_compile, run.device, run.precision.name, run.total_steps)
-    if compiled:  # said only when on, the slow first steps are then expected
-        run.log(f"torch.compile on ({why}): the first steps are slow while it compiles")
     run.update(
         batching=run.batching,
         max_seq_length=max_len,

@@ -136,18 +136,3 @@ def auto_batching(model) -> str:
 def batching_for(model, requested: str) -> str:
     """local.batching, with ``auto`` decided by :func:`auto_batching`."""
     return requested if requested != "auto" else auto_batching(model)
-
-
-# local.torch_compile auto: bundled SmolLM2-135M LoRA r16, batch 8 x <= 512 tokens, fp32, 2-core AVX2 EPYC
-# (2026-12-04): steps 3-6 took 19-23 s compiled against 33-53 s eager (median ratio 1.9), while compiling made steps 1-2
-# take 721 s instead of 62 s; so about 660 s to win back at ~16 s a step, from ~40 steps on. 60 leaves a margin.
-COMPILE_MIN_STEPS = 60
-
-
-def compile_decision(setting, device: str, precision: str, steps: int | None) -> tuple[bool, str]:
-    """(whether to torch.compile the model, why) for local.torch_compile over a run of ``steps`` optimizer steps."""
-    if setting != "auto":
-        return bool(setting), f"local.torch_compile {str(setting).lower()}"
-    if device == "cpu" and precision == "fp32" and (steps or 0) >= COMPILE_MIN_STEPS:
-        return True, f"local.torch_compile auto: {steps} steps on a CPU in fp32 (on from {COMPILE_MIN_STEPS})"
-    return False, f"local.torch_compile auto: off ({steps} steps on {device} in {precision})"

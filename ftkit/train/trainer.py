@@ -20,7 +20,6 @@ from ftkit.errors import FtkitError
 from ftkit.models.device import Precision
 from ftkit.models.kernels import apply_liger, attention_implementation
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
-from ftkit.train.plan import compile_decision
 from ftkit.train.timing import target_tokens
 
 
@@ -75,7 +74,7 @@ def trainer_arguments(
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if batching == "padded" else "random",
         ddp_find_unused_parameters=False,
-        torch_compile=compile_decision(local.torch_compile, device, precision.name, run.get("max_steps"))[0],
+        torch_compile=local.torch_compile,
         **precision.trainer_flags,
         **fsdp_arguments(spec, world),
         **run,
