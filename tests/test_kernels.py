@@ -47,6 +47,15 @@ def test_a_cpu_run_is_untouched_even_with_both_packages_installed(installed, tin
     model.config._attn_implementation = "flash_attention_2"  # what a CUDA load with flash_attn sets
     assert kernels.kernels_note(model) == "kernels: FlashAttention-2 attention"
 
+    class LigerRMSNorm:  # Liger patches an instance by binding its kernel's forward onto the model's own modules
+        def forward(self, x):
+            return x
+
+    LigerRMSNorm.forward.__module__ = "liger_kernel.transformers.rms_norm"  # where Liger's own forward lives
+    norm = model.model.norm
+    norm.__dict__["forward"] = LigerRMSNorm.forward.__get__(norm, type(norm))
+    assert kernels.kernels_note(model) == "kernels: FlashAttention-2 attention; Liger RMSNorm, RoPE and SwiGLU"
+
 
 def test_a_cpu_job_log_says_nothing_of_gpu_kernels(tmp_path, tiny_model_dir):
     from ftkit.train.engine import train

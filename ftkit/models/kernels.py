@@ -47,7 +47,14 @@ def apply_liger(model, device: str) -> list[str]:
 
 
 def _has_liger_modules(model) -> bool:
-    return any(type(m).__name__.startswith("Liger") for m in model.modules())
+    """Whether Liger patched the model: it binds its kernels' ``forward`` onto the model's own modules (applied to
+    an instance) or swaps in its own classes, so both are looked for."""
+    for m in model.modules():
+        bound = m.__dict__.get("forward")
+        where = getattr(getattr(bound, "__func__", bound), "__module__", None) or type(m).__module__
+        if where.startswith("liger_kernel"):
+            return True
+    return False
 
 
 def kernels_note(model) -> str | None:
