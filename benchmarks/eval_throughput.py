@@ -32,6 +32,23 @@ def load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def cookbook_test_rows(source: str, rows: int) -> list:
+    """``rows`` stratified official PubMedQA test rows (500 = all) as the cookbook prepares them (reason answers,
+    results sections), read back as evaluation rows; ``source`` a local ori_pqal.json, else ftkit's download."""
+    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
+    from ftkit.results.evaluation import read_eval_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = prepare_pubmedqa(
+            tmp,
+            source=source if Path(source).is_file() else None,
+            answer_style="reason",
+            context="results",
+            max_test=None if rows >= 500 else rows,
+        )
+        return read_eval_data(ds.test)
+
+
 def machine(load_start: float | None) -> dict:
     import torch
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from eval_throughput import load_average, machine
+from eval_throughput import cookbook_test_rows, load_average, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -39,20 +38,10 @@ def main() -> int:
     args = p.parse_args()
     load_start = load_average()
 
-    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
-    from ftkit.results.evaluation import read_eval_data
     from ftkit.results.inference import DECISIONS, load_for_inference
     from ftkit.results.reasoning import score_after_reasoning, score_after_reasoning_twice
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = prepare_pubmedqa(
-            tmp,
-            source=args.source if Path(args.source).is_file() else None,
-            answer_style="reason",
-            context="results",
-            max_test=None if args.rows >= 500 else args.rows,
-        )
-        rows = read_eval_data(ds.test)
+    rows = cookbook_test_rows(args.source, args.rows)
     model, tok = load_for_inference(args.model, device="cpu")
     prompts = [r.prompt for r in rows]
     impls = {"cache": score_after_reasoning, "two_pass": score_after_reasoning_twice}

@@ -14,12 +14,11 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from eval_throughput import load_average, machine
+from eval_throughput import cookbook_test_rows, load_average, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,19 +53,9 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     load_start = load_average()
 
-    from ftkit.data.pubmedqa.prepare import prepare_pubmedqa
-    from ftkit.results.evaluation import read_eval_data
     from ftkit.results.inference import load_for_inference, score_labels
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = prepare_pubmedqa(
-            tmp,
-            source=args.source if Path(args.source).is_file() else None,
-            answer_style="reason",
-            context="results",
-            max_test=args.rows,
-        )
-        prompts = [r.prompt for r in read_eval_data(ds.test)]
+    prompts = [r.prompt for r in cookbook_test_rows(args.source, args.rows)]
     model, tok = load_for_inference("bundled", device="cpu")
     models = variants(model)
     prepare = {}

@@ -135,8 +135,9 @@ def load_model(run: Run) -> None:
     )
     source = display_path(info.source) if os.path.isabs(str(info.source)) else info.source
     run.log(f"model {info.name} from {source}; {ensure_pad_token(run.tokenizer)}")
-    if kernels_note(run.model):
-        run.log(kernels_note(run.model))
+    kernels = kernels_note(run.model)
+    if kernels:
+        run.log(kernels)
     quantized = f" on a {local.quantization} base (bitsandbytes)" if local.quantization != "none" else ""
     what = f"LoRA{quantized}" if hp.lora.enabled else "full fine-tuning"
     run.log(f"{what}: {trainable:,} trainable of {total:,} parameters")
