@@ -163,6 +163,13 @@ def run_ftkit(cfg: dict, work: Path, precision: str = "auto"):
     return job.model_dir, _finite(rec["result"]["eval_loss"]), facts
 
 
+def run_ftkit_peft_lora(cfg: dict, work: Path):
+    import ftkit.train.trainer
+
+    ftkit.train.trainer.use_lean_lora_forward = lambda model: 0
+    return run_ftkit(cfg, work)
+
+
 def _trl_defaults(args, trainer) -> dict:
     """The SFTConfig settings that decide speed and what is learned, as the trainer ended up using them."""
     keys = (
@@ -349,6 +356,8 @@ CONTENDERS = {
     "ftkit": run_ftkit,
     # ftkit in fp32 whatever the CPU: like for like with trl_fp32 and plain where ftkit's auto picks bf16
     "ftkit_fp32": lambda cfg, work: run_ftkit(cfg, work, precision="fp32"),
+    # ftkit with peft's own LoRA forward instead of ftkit.models.lora_forward's: what the lean forward gains
+    "ftkit_peft_lora": lambda cfg, work: run_ftkit_peft_lora(cfg, work),
     "trl": run_trl,
     "plain": run_plain,
     # TRL's defaults but fp32: on a CPU without native bf16, shows what TRL's default bf16 costs there

@@ -159,4 +159,12 @@ def _steady(result: dict) -> list[str]:
             f"{x(r32, 'steady_trained_tokens_per_s')} | {x(rpl, 'steady_trained_tokens_per_s')} | "
             f"{x(r32, 'common_eval_loss')} |"
         )
+    lean = (summary.get("ftkit") or {}).get("ratio_to_ftkit_peft_lora")
+    if lean and "steady_trained_tokens_per_s" in lean:
+        lines += [
+            "",
+            f"ftkit's lean LoRA forward (`ftkit.models.lora_forward`) against peft's own (ftkit_peft_lora): "
+            f"{lean['steady_trained_tokens_per_s']:.3f}x steady trained tokens/s, eval loss "
+            f"{lean['common_eval_loss']:.4f}x.",
+        ]
     return lines

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ALL = ("ftkit", "trl", "plain")  # the default contenders
 # TRL with bf16=False (for CPUs where bf16 is emulated) and ftkit in fp32 (like for like with it)
-OPTIONAL = ("trl_fp32", "ftkit_fp32")
+OPTIONAL = ("trl_fp32", "ftkit_fp32", "ftkit_peft_lora")
 
 
 def machine() -> dict:
@@ -228,7 +228,7 @@ def summarize(runs: list[dict], contenders: list[str], peaks: dict) -> dict:
         out[name] = s
     ratio_metrics = ("wall_s", "train_s", "real_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")
     ratio_metrics += ("steady_trained_tokens_per_s", "steady_real_tokens_per_s", "common_eval_loss")
-    for ref_name in ("trl", "trl_fp32", "plain"):
+    for ref_name in ("trl", "trl_fp32", "plain", "ftkit_peft_lora"):
         ref = out.get(ref_name)
         if not ref or "error" in ref:
             continue
@@ -262,6 +262,12 @@ def main() -> int:
         type=int,
         default=None,
         help="cap TRL at its full defaults (bf16: emulated on some CPUs) at this many steps; others keep --max-steps",
+    )
+    p.add_argument(
+        "--trl-repeats",
+        type=int,
+        default=None,
+        help="run TRL at its full defaults in the first N repeats only (it is reported beside, per step)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -326,6 +332,8 @@ def main() -> int:
     runs = []
     for r in range(args.repeats):
         for name in contenders:  # alternated, so drift in machine load hits every contender alike
+            if name == "trl" and args.trl_repeats is not None and r >= args.trl_repeats:
+                continue
             runs.append(run_worker_process(name, cfg, work, r))
 
     summary = summarize(runs, contenders, peaks)

@@ -20,6 +20,7 @@ from ftkit.errors import FtkitError
 from ftkit.models.device import Precision
 from ftkit.models.kernels import apply_liger, attention_implementation
 from ftkit.models.loading import apply_lora, count_parameters, freeze_all_but_last_layers, load_model
+from ftkit.models.lora_forward import use_lean_lora_forward
 from ftkit.train.timing import target_tokens
 
 
@@ -45,6 +46,7 @@ def build_model(spec, precision: Precision, progress: bool | None = None, device
         # local.seed fixes the adapters' random start; FSDP needs it: each process shards its own copy of the model
         torch.manual_seed(local.seed)
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.trainable_modules, local.trainable_layers)
+        use_lean_lora_forward(model)
     else:
         freeze_all_but_last_layers(model, local.trainable_layers)
     return model, tokenizer, info, count_parameters(model)
