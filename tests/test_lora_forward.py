@@ -58,6 +58,28 @@ def test_the_lean_forward_gives_peft_s_logits_loss_and_lora_gradients(tiny_model
         torch.testing.assert_close(grads2[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def backward_nodes(loss) -> set[str]:
+    seen, todo, names = set(), [loss.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+def test_the_lean_forward_s_backward_copies_no_layer_output(tiny_model_dir):
+    # an in-place add on a view of a layer's output makes autograd zero-fill and copy the whole output in backward
+    # (CopySlices); on a CPU that cost more than the lean forward saves
+    model = lora_model(tiny_model_dir)
+    use_lean_lora_forward(model)
+    names = backward_nodes(model(**batch()).loss)
+    assert "AddmmBackward0" in names
+    assert "CopySlices" not in names
+
+
 def test_under_bf16_autocast_the_lean_forward_matches_peft_s(tiny_model_dir):
     peft_model = lora_model(tiny_model_dir)
     lean = copy.deepcopy(peft_model)

@@ -55,10 +55,14 @@ def lean_forward(self, x, *args, **kwargs):
     autocast = torch.is_autocast_enabled(x.device.type)
     if not autocast and not (x.dtype == a.dtype == self.base_layer.weight.dtype):
         return peft_forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)
-    low = F.linear(x, a) * self.scaling[name]
-    flat, low = result.view(-1, result.shape[-1]), low.view(-1, low.shape[-1])
+    shape = x.shape
+    flat_x = x.reshape(-1, shape[-1])
+    # A 2-D input gives a fresh 2-D output. Adding to a view of the 3-D output in place would make autograd
+    # zero-fill and copy that whole output in backward (CopySlices), more than the addmm saves.
+    result = self.base_layer(flat_x)
+    low = F.linear(flat_x, a) * self.scaling[name]
     if autocast:  # autocast picks addmm's precision (the in-place form is not autocast)
-        return torch.addmm(flat, low, b.t()).view(result.shape)
-    # in place: the base layer's backward needs its input and weight, not this output
-    return flat.addmm_(low, b.t()).view(result.shape)
+        result = torch.addmm(result, low, b.t())
+    else:  # in place: the base layer's backward needs its input and weight, not this output
+        result = result.addmm_(low, b.t())
+    return result.view(*shape[:-1], result.shape[-1])
