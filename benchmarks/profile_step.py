@@ -7,11 +7,13 @@ multiplies themselves reached (FLOPs counted by the profiler from their shapes) 
 peak measured in the same run, and the top operators. Writes JSON + markdown to ``--out``.
 
     python benchmarks/profile_step.py                      # batch 4, max length 512, 3 profiled steps
+    python benchmarks/profile_step.py --precision fp32     # as above in fp32 whatever the CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -67,6 +69,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=3, help="profiled optimizer steps after one warm-up step")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="local.precision (default auto)"
+    )
     p.add_argument("--source", default=str(ROOT.parent / "shared" / "pubmedqa" / "ori_pqal.json"))
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
@@ -134,10 +139,14 @@ def main() -> int:
                 "max_steps": args.steps + 1,
                 "output_dir": str(work / "runs"),
                 "seed": 42,
+                "precision": args.precision,
             },
         },
         quiet=True,
     )
+    # the share is against the peak of the precision the engine trained in (auto picks bf16 on CPUs where it is faster)
+    used = next((work / "runs").glob("*/job.json"))
+    precision = json.loads(used.read_text())["precision"]
     wall = clock["t1"] - clock["t0"]
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total_us = sum(e.self_cpu_time_total for e in events)
@@ -171,27 +180,29 @@ def main() -> int:
             for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
         ],
         "torch_threads": torch.get_num_threads(),
+        "precision": precision,
     }
     lines = [
         f"# Where ftkit's training step time goes, {result['date']}",
         "",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}. "
         f"Job: bundled SmolLM2-135M-Instruct, LoRA r 8 / alpha 16, batch {args.batch_size}, max length "
-        f"{args.max_length}, real PubMedQA rows, ftkit's defaults; {args.steps} optimizer steps profiled after one "
+        f"{args.max_length}, real PubMedQA rows, ftkit's defaults, precision {args.precision} "
+        f"(trained in {precision}); {args.steps} optimizer steps profiled after one "
         f"warm-up step: {wall:.1f} s wall ({wall / args.steps:.1f} s/step).",
         "",
         "| operator group | seconds | share |",
         "|---|---|---|",
     ]
     lines += [f"| {g} | {s:.2f} | {s / wall:.0%} |" for g, s in result["groups_s"].items()]
-    fp32 = peaks["fp32"]["model_576x1536"]
+    peak = peaks[precision]["model_576x1536"]
     if result["matmul_gflops_per_s"]:
         lines += [
             "",
             f"Matrix multiplies: {result['matmul_gflop']:.0f} GFLOP in the profiled steps at "
-            f"{result['matmul_gflops_per_s']:.0f} GFLOP/s = {result['matmul_gflops_per_s'] / fp32:.0%} of this "
-            f"machine's fp32 `F.linear` peak ({fp32:.0f} GFLOP/s at 2048 x 576 x 1536; bf16 "
-            f"{peaks['bf16']['model_576x1536']:.0f}).",
+            f"{result['matmul_gflops_per_s']:.0f} GFLOP/s = {result['matmul_gflops_per_s'] / peak:.0%} of this "
+            f"machine's {precision} `F.linear` peak ({peak:.0f} GFLOP/s at 2048 x 576 x 1536; fp32 "
+            f"{peaks['fp32']['model_576x1536']:.0f}, bf16 {peaks['bf16']['model_576x1536']:.0f}).",
         ]
     lines += ["", "| top operators (self time) | seconds | calls | GFLOP |", "|---|---|---|---|"]
     lines += [f"| `{o['op']}` | {o['self_s']:.2f} | {o['calls']} | {o['gflop']} |" for o in result["top_ops"]]
