@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 
 from eval_throughput import load_average, machine
+
+from ftkit.files import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -116,11 +117,10 @@ def main() -> int:
     result["command"] = (
         f"python benchmarks/lora_forward.py --steps {args.steps} --batch-size {args.batch_size} --length {args.length}"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"lora_forward-{result['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(stem.with_suffix(".json"), result)
     text = report(result)
-    stem.with_suffix(".md").write_text(text)
+    write_text(stem.with_suffix(".md"), text)
     print(text)
     return 0
 

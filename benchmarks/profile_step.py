@@ -13,7 +13,6 @@ peak measured in the same run, and the top operators. Writes JSON + markdown to 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -122,7 +121,7 @@ def main() -> int:
         self.add_callback(_Profile())
 
     Trainer.__init__ = __init__
-    train(
+    job = train(
         {
             "name": "profile",
             "base_model_id": "bundled",
@@ -145,8 +144,7 @@ def main() -> int:
         quiet=True,
     )
     # the share is against the peak of the precision the engine trained in (auto picks bf16 on CPUs where it is faster)
-    used = next((work / "runs").glob("*/job.json"))
-    precision = json.loads(used.read_text())["precision"]
+    precision = job.record["precision"]
     wall = clock["t1"] - clock["t0"]
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total_us = sum(e.self_cpu_time_total for e in events)
