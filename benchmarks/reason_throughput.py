@@ -1,14 +1,21 @@
 """Reason-method scoring throughput (``ftkit evaluate --method reason``, the cookbook's evaluation and its in-training
-task metrics): scoring from generation's KV cache against the two-pass reference (generate, then run prompt and
-reasoning through the model again), on the cookbook's prompts (reason answers, results sections) of official
-PubMedQA test rows.
+task metrics) on the cookbook's prompts (reason answers, results sections) of official PubMedQA test rows.
 
-Rows are processed in chunks, each chunk timed with both implementations back to back (the order alternating from
-chunk to chunk), so load from other processes hits both alike. Predictions and log-probabilities are compared row by
-row; every differing row is listed.
+Contenders, each run as ``(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)``:
+- ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows leave the batch when done; default 32
+  rows decoded together);
+- ``ftkit_b8``: the same at 8 rows, to separate the batch size from the rest;
+- ``before``: what ftkit ran before (``model.generate`` on batches of 8, labels scored from its KV cache;
+  ``_reason_before.py``);
+- ``two_pass``: generate, then a second full pass over prompt and reasoning (the reference implementation).
 
-    python benchmarks/reason_throughput.py                       # 32 stratified test rows, the bundled model
+Rows are processed in chunks (``--chunk``), each chunk timed with every contender back to back, the order rotating
+from chunk to chunk, so load from other processes hits them alike. Predictions, log-probabilities and reasoning are
+compared row by row with the first contender given to ``--against`` (default ``before``); every differing row is
+listed.
+
     python benchmarks/reason_throughput.py --model runs/<job>    # a tuned job (writes its reasoning, then Answer:)
+    python benchmarks/reason_throughput.py --rows 96 --contenders ftkit,before
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
+from _reason_before import score_after_reasoning_generate
 from eval_throughput import cookbook_test_rows, load_average, machine
 
 HERE = Path(__file__).resolve().parent
@@ -26,99 +34,137 @@ ROOT = HERE.parent
 MARKER = "Answer:"
 
 
+def contenders():
+    from ftkit.results.reasoning import REASON_BATCH, score_after_reasoning, score_after_reasoning_twice
+
+    return {  # name -> (function, rows per batch)
+        "ftkit": (score_after_reasoning, REASON_BATCH),
+        "ftkit_b8": (score_after_reasoning, 8),
+        "before": (score_after_reasoning_generate, 8),
+        "two_pass": (score_after_reasoning_twice, 8),
+    }
+
+
+def run(args, rows) -> dict:
+    from ftkit.results.inference import DECISIONS, load_for_inference
+
+    every = contenders()
+    names = args.contenders.split(",")
+    model, tok = load_for_inference(args.model, device="cpu")
+    prompts = [r.prompt for r in rows]
+    for name in names:  # warm-up (allocation, thread pool, code paths)
+        every[name][0](model, tok, prompts[:2], DECISIONS, MARKER, 4, 2)
+    found = {name: ([], [], []) for name in names}
+    seconds = {name: [] for name in names}
+    for n, s in enumerate(range(0, len(prompts), args.chunk)):
+        chunk = prompts[s : s + args.chunk]
+        for name in names[n % len(names) :] + names[: n % len(names)]:
+            fn, batch = every[name]
+            t = time.perf_counter()
+            out = fn(model, tok, chunk, DECISIONS, MARKER, args.max_new_tokens, batch)
+            seconds[name].append(time.perf_counter() - t)
+            for acc, part in zip(found[name], out, strict=True):
+                acc.extend(part)
+        print(f"rows {s + len(chunk)}/{len(prompts)}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()))
+    return {"found": found, "seconds": seconds, "batch": {k: every[k][1] for k in names}}
+
+
+def compare(rows, found, name: str, ref: str) -> dict:
+    (pa, la, ra), (pb, lb, rb) = found[name], found[ref]
+    differ = [
+        {"pmid": r.id, name: a, ref: b, f"{name}_logprobs": x, f"{ref}_logprobs": y}
+        for r, a, b, x, y in zip(rows, pa, pb, la, lb, strict=True)
+        if a != b
+    ]
+    return {
+        "identical_predictions": len(rows) - len(differ),
+        "differences": differ,
+        "identical_reasoning": sum(a == b for a, b in zip(ra, rb, strict=True)),
+        "max_abs_logprob_difference": max(
+            abs(u - v) for x, y in zip(la, lb, strict=True) for u, v in zip(x, y, strict=True)
+        ),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=32, help="stratified test rows (500 = all)")
+    p.add_argument("--rows", type=int, default=64, help="stratified test rows (500 = all)")
     p.add_argument("--model", default="bundled", help="a model reference, job folder or export archive")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--contenders", default="ftkit,before", help="from ftkit, ftkit_b8, before, two_pass")
+    p.add_argument("--against", default="before", help="the contender the others are compared with")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--chunk", type=int, default=8, help="rows timed with both implementations back to back")
+    p.add_argument("--chunk", type=int, default=32, help="rows timed with every contender back to back")
     p.add_argument("--source", default=str(ROOT.parent / "shared" / "pubmedqa" / "ori_pqal.json"))
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
     load_start = load_average()
-
-    from ftkit.results.inference import DECISIONS, load_for_inference
-    from ftkit.results.reasoning import score_after_reasoning, score_after_reasoning_twice
-
     rows = cookbook_test_rows(args.source, args.rows)
-    model, tok = load_for_inference(args.model, device="cpu")
-    prompts = [r.prompt for r in rows]
-    impls = {"cache": score_after_reasoning, "two_pass": score_after_reasoning_twice}
-    score_after_reasoning(model, tok, prompts[:1], DECISIONS, MARKER, 4, 1)  # warm-up (allocation, thread pool)
-
-    found = {name: ([], [], []) for name in impls}
-    seconds = {name: [] for name in impls}
-    for n, s in enumerate(range(0, len(prompts), args.chunk)):
-        chunk = prompts[s : s + args.chunk]
-        for name in list(impls)[:: 1 if n % 2 == 0 else -1]:
-            t = time.perf_counter()
-            preds, logps, reasons = impls[name](
-                model, tok, chunk, DECISIONS, MARKER, args.max_new_tokens, args.batch_size
-            )
-            seconds[name].append(time.perf_counter() - t)
-            for acc, part in zip(found[name], (preds, logps, reasons), strict=True):
-                acc.extend(part)
-        print(
-            f"rows {s + len(chunk)}/{len(prompts)}: cache {seconds['cache'][-1]:.1f} s, two-pass "
-            f"{seconds['two_pass'][-1]:.1f} s",
-            flush=True,
-        )
-
-    fast, slow = found["cache"], found["two_pass"]
-    differ = [
-        {"pmid": r.id, "cache": a, "two_pass": b, "cache_logprobs": la, "two_pass_logprobs": lb}
-        for r, a, b, la, lb in zip(rows, fast[0], slow[0], fast[1], slow[1], strict=True)
-        if a != b
-    ]
-    max_diff = max(abs(x - y) for la, lb in zip(fast[1], slow[1], strict=True) for x, y in zip(la, lb, strict=True))
-    gold = [r.gold for r in rows]
+    r = run(args, rows)
+    gold, found = [x.gold for x in rows], r["found"]
+    total = {k: sum(v) for k, v in r["seconds"].items()}
+    ref = args.against if args.against in total else next(iter(total))
     date = time.strftime("%Y-%m-%d")
-    total = {k: sum(v) for k, v in seconds.items()}
     result = {
         "date": date,
         "machine": machine(load_start),
-        "settings": {**vars(args), "n_rows": len(rows)},
+        "settings": {**vars(args), "n_rows": len(rows), "rows_per_batch": r["batch"]},
         "seconds": {k: round(v, 2) for k, v in total.items()},
+        "seconds_per_chunk": {k: [round(x, 2) for x in v] for k, v in r["seconds"].items()},
         "rows_per_second": {k: round(len(rows) / v, 3) for k, v in total.items()},
-        "speedup": round(total["two_pass"] / total["cache"], 2),
-        "speedup_per_chunk": [round(b / a, 2) for a, b in zip(seconds["cache"], seconds["two_pass"], strict=True)],
-        "identical_predictions": len(rows) - len(differ),
-        "differences": differ,
-        "same_reasoning": fast[2] == slow[2],
-        "max_abs_logprob_difference": max_diff,
-        "mean_reasoning_chars": statistics.mean(len(t) for t in fast[2]),
-        "accuracy": sum(a == g for a, g in zip(fast[0], gold, strict=True)) / len(rows),
+        "speedup_vs_" + ref: {k: round(total[ref] / v, 2) for k, v in total.items()},
+        "median_chunk_ratio_vs_" + ref: {
+            k: round(statistics.median(a / b for a, b in zip(r["seconds"][ref], v, strict=True)), 2)
+            for k, v in r["seconds"].items()
+        },
+        "agreement_with_" + ref: {k: compare(rows, r["found"], k, ref) for k in total if k != ref},
+        "accuracy": {k: sum(a == g for a, g in zip(v[0], gold, strict=True)) / len(rows) for k, v in found.items()},
+        "mean_reasoning_chars": {k: statistics.mean(len(t) for t in v[2]) for k, v in found.items()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"reason_throughput-{date}.json").write_text(json.dumps(result, indent=2) + "\n")
-    m = result["machine"]
+    (out / f"reason_throughput-{date}.md").write_text(report(result, ref))
+    print(report(result, ref))
+    return 0
+
+
+def report(res: dict, ref: str) -> str:
+    m, st = res["machine"], res["settings"]
     lines = [
-        f"# Reason-method scoring throughput, {date}",
+        f"# Reason-method scoring throughput, {res['date']}",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads; load average "
         f"{m['load_average_start']} at start, {m['load_average_end']} at end), torch {m['torch']}.",
-        f"Model {args.model}, {len(rows)} stratified official PubMedQA test rows (the cookbook's prompts: reason "
-        f"answers, results sections), batch size {args.batch_size}, up to {args.max_new_tokens} new tokens, fp32.",
+        f"Model {st['model']}, {st['n_rows']} stratified official PubMedQA test rows (the cookbook's prompts: reason "
+        f"answers, results sections), up to {st['max_new_tokens']} new tokens, fp32; chunks of {st['chunk']} rows "
+        "timed with every contender back to back, order rotating.",
         "",
-        "| implementation | seconds | rows/s |",
-        "|---|---|---|",
-        f"| scoring from the generation cache (ftkit) | {result['seconds']['cache']} | "
-        f"{result['rows_per_second']['cache']} |",
-        f"| generate, then a second full pass (before) | {result['seconds']['two_pass']} | "
-        f"{result['rows_per_second']['two_pass']} |",
-        "",
-        f"Speed-up {result['speedup']}x (per chunk, alternated: {result['speedup_per_chunk']}). Identical "
-        f"predictions on {result['identical_predictions']}/{len(rows)} rows, identical reasoning "
-        f"{result['same_reasoning']}; largest log-probability difference {max_diff:.2e}. Mean reasoning "
-        f"{result['mean_reasoning_chars']:.0f} characters. Differences: {differ or 'none'}.",
-        "",
-        f"Run: `python benchmarks/reason_throughput.py --rows {args.rows} --model {args.model}`.",
+        f"| contender | rows per batch | seconds | s/row | rows/s | speed-up vs {ref} (total; median chunk) | "
+        "predictions equal | reasoning equal | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    (out / f"reason_throughput-{date}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    agree = res[f"agreement_with_{ref}"]
+    for k, sec in res["seconds"].items():
+        a = agree.get(k)
+        same = f"{a['identical_predictions']}/{st['n_rows']}" if a else "(reference)"
+        why = f"{a['identical_reasoning']}/{st['n_rows']}" if a else ""
+        lines.append(
+            f"| {k} | {st['rows_per_batch'][k]} | {sec} | {sec / st['n_rows']:.3f} | {res['rows_per_second'][k]} | "
+            f"{res['speedup_vs_' + ref][k]}x; {res['median_chunk_ratio_vs_' + ref][k]}x | {same} | {why} | "
+            f"{res['accuracy'][k]:.3f} |"
+        )
+    lines.append("")
+    for k, a in agree.items():
+        lines.append(
+            f"- {k} vs {ref}: largest log-probability difference {a['max_abs_logprob_difference']:.2e}; "
+            f"differing predictions: {a['differences'] or 'none'}"
+        )
+    lines += [
+        "",
+        f"Run: `python benchmarks/reason_throughput.py --rows {st['rows']} --model {st['model']} "
+        f"--contenders {st['contenders']}`",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

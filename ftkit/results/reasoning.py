@@ -10,6 +10,7 @@ such a row (:func:`~ftkit.results.inference.encode_for_answer`), so the scored p
 from __future__ import annotations
 
 from ftkit.errors import UsageError
+from ftkit.results.decoding import decode_rows
 from ftkit.results.inference import (
     aligned_prefix,
     argmax_labels,
@@ -22,6 +23,7 @@ from ftkit.results.inference import (
 )
 
 REASON_TOKENS = 128  # default generation budget: PubMedQA conclusions are ~50 tokens (at most ~165)
+REASON_BATCH = 32  # rows decoded together (benchmarks/reason_throughput.py --batch-sizes measures the choice)
 
 
 def _split_after_marker(tokenizer, prompt, reasoning: str, marker: str, label: str) -> tuple[list[int], int]:
@@ -45,19 +47,17 @@ def label_tokens_after(tokenizer, labels, marker: str) -> dict[str, int]:
     return firsts
 
 
-def _generation_config(model, tokenizer, marker: str, max_new_tokens: int, with_cache: bool = False):
+def _generation_config(model, tokenizer, marker: str, max_new_tokens: int):
     from transformers import GenerationConfig
 
     if max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    eos = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(e for e in eos if isinstance(e, int)),
+        eos_token_id=_eos_ids(model, tokenizer),
         stop_strings=[marker],
-        return_dict_in_generate=with_cache,  # the sequences and the KV cache, to score from
     )
 
 
@@ -65,87 +65,53 @@ def _reasoning(tokenizer, generated, marker: str) -> str:
     return tokenizer.decode(generated, skip_special_tokens=True).split(marker, 1)[0].strip()
 
 
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return sorted(e for e in eos if isinstance(e, int))
+
+
+def _marker_written(tokenizer, marker: str):
+    """stop(generated): the marker has just been written (the text of the last few tokens holds it)."""
+    tail = len(marker) + 1  # tokens that can hold it: each is at least one character
+
+    def stop(generated: list[int]) -> bool:
+        return marker in tokenizer.decode(generated[-tail:], skip_special_tokens=True)
+
+    return stop
+
+
 def score_after_reasoning(
-    model, tokenizer, prompts, labels, marker: str, max_new_tokens: int = REASON_TOKENS, batch_size: int = 8
+    model, tokenizer, prompts, labels, marker: str, max_new_tokens: int = REASON_TOKENS, batch_size: int = REASON_BATCH
 ) -> tuple[list[str], list[list[float]], list[str]]:
     """(predicted labels, per-row log-probs of the labels, the generated reasoning) for each prompt.
 
-    Each batch is generated greedily up to the marker, then scored by continuing generation's KV cache: the prompt
-    and the reasoning are not run through the model a second time (the scored context is still the re-encoded
-    training row; only its tokens that differ from the generated ones are new). Same predictions as
-    :func:`score_after_reasoning_twice`, about twice as fast (benchmarks/eval_throughput.py --method reason).
+    Rows are generated greedily up to the marker ``batch_size`` at a time, each leaving the batch when it is done
+    (:func:`ftkit.results.decoding.decode_rows`), and scored by continuing its own KV cache: the prompt and the
+    reasoning are not run through the model a second time (the scored context is still the re-encoded training
+    row; only its tokens that differ from the generated ones are new). Same predictions as
+    :func:`score_after_reasoning_twice` (benchmarks/reason_throughput.py compares them row by row).
     """
-    import torch
-
     firsts = label_tokens_after(tokenizer, labels, marker)
-    wanted = [firsts[x] for x in labels]
-    cfg = _generation_config(model, tokenizer, marker, max_new_tokens, with_cache=True)
-    ctx = contexts(tokenizer, prompts)
-    logps: list[list[float]] = [[]] * len(prompts)
     reasons = [""] * len(prompts)
-    with torch.inference_mode():
-        for idx in length_batches(ctx, batch_size):
-            rows = [ctx[i] for i in idx]
-            ids, mask, _ = left_pad(rows, tokenizer.pad_token_id, model_device(model))
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=tokenizer)
-            generated = [out.sequences[r, ids.shape[1] :].tolist() for r in range(len(idx))]
-            scored = []
-            for i, gen in zip(idx, generated, strict=True):
-                reasons[i] = _reasoning(tokenizer, gen, marker)
-                scored.append(_split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0])
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            found = _scores_from_cache(
-                model, cache, ids.shape[1], rows, generated, scored, wanted, tokenizer.pad_token_id
-            )
-            for i, row in zip(idx, found, strict=True):
-                logps[i] = row
+
+    def readout(i: int, generated: list[int]) -> list[int]:
+        reasons[i] = _reasoning(tokenizer, generated, marker)
+        return _split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0]
+
+    found = decode_rows(
+        model,
+        contexts(tokenizer, prompts),
+        max_new_tokens=max_new_tokens,
+        eos_ids=set(_eos_ids(model, tokenizer)),
+        pad_id=tokenizer.pad_token_id,
+        stop=_marker_written(tokenizer, marker),
+        readout=readout,
+        wanted=[firsts[x] for x in labels],
+        batch_size=batch_size,
+    )
+    logps = [row[1] for row in found]
     return argmax_labels(logps, labels), logps, reasons
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _scores_from_cache(model, cache, width: int, rows: list[list[int]], generated, scored, wanted, pad_id: int):
-    """Next-token log-probs of ``wanted`` after each row's scoring context, continuing generation's KV cache.
-
-    The cache holds each row's prompt (left padded to ``width``) and what it generated. Only the part of the scoring
-    context that differs from what was generated (the marker appended or re-tokenised; at least its last token) is
-    run through the model, attending to the cached prefix they share; the rest of the cache is masked out.
-    """
-    import torch
-
-    cached = cache.get_seq_length()
-    prefix, suffix = [], []
-    for row, gen, ctx in zip(rows, generated, scored, strict=True):
-        known = row + gen[: cached - width]  # tokens whose keys and values are in the cache
-        c = min(_common_prefix(known, ctx), len(ctx) - 1)
-        prefix.append(c)
-        suffix.append(ctx[c:])
-    n_new = max(len(s) for s in suffix)
-    device = model_device(model)
-    ids = torch.full((len(rows), n_new), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), cached + n_new), dtype=torch.long)
-    pos = torch.zeros((len(rows), n_new), dtype=torch.long)
-    for r, (row, c, s) in enumerate(zip(rows, prefix, suffix, strict=True)):
-        start = width - len(row)  # the row's first cached position (after its left padding)
-        mask[r, start : start + c] = 1
-        ids[r, n_new - len(s) :] = torch.tensor(s)
-        mask[r, cached + n_new - len(s) :] = 1
-        pos[r, n_new - len(s) :] = torch.arange(c, c + len(s))
-    logits = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=pos.to(device),
-        cache=cache,
-        logits_to_keep=1,
-    ).logits[:, -1]
-    return torch.log_softmax(logits.float(), dim=-1)[:, torch.tensor(wanted, device=logits.device)].cpu().tolist()
 
 
 def generate_reasoning(
