@@ -2,9 +2,8 @@
 task metrics) on the cookbook's prompts (reason answers, results sections) of official PubMedQA test rows.
 
 Contenders, each run as ``(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)``:
-- ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows leave the batch when done; default 32
-  rows decoded together);
-- ``ftkit_b8``: the same at 8 rows, to separate the batch size from the rest;
+- ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows leave the batch when done), at
+  ``--batch-size`` rows (default 8, ftkit's default);
 - ``before``: what ftkit ran before (``model.generate`` on batches of 8, labels scored from its KV cache;
   ``_reason_before.py``);
 - ``two_pass``: generate, then a second full pass over prompt and reasoning (the reference implementation).
@@ -34,12 +33,11 @@ ROOT = HERE.parent
 MARKER = "Answer:"
 
 
-def contenders():
-    from ftkit.results.reasoning import REASON_BATCH, score_after_reasoning, score_after_reasoning_twice
+def contenders(batch_size: int):
+    from ftkit.results.reasoning import score_after_reasoning, score_after_reasoning_twice
 
     return {  # name -> (function, rows per batch)
-        "ftkit": (score_after_reasoning, REASON_BATCH),
-        "ftkit_b8": (score_after_reasoning, 8),
+        "ftkit": (score_after_reasoning, batch_size),
         "before": (score_after_reasoning_generate, 8),
         "two_pass": (score_after_reasoning_twice, 8),
     }
@@ -48,7 +46,7 @@ def contenders():
 def run(args, rows) -> dict:
     from ftkit.results.inference import DECISIONS, load_for_inference
 
-    every = contenders()
+    every = contenders(args.batch_size)
     names = args.contenders.split(",")
     model, tok = load_for_inference(args.model, device="cpu")
     prompts = [r.prompt for r in rows]
@@ -90,7 +88,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=64, help="stratified test rows (500 = all)")
     p.add_argument("--model", default="bundled", help="a model reference, job folder or export archive")
-    p.add_argument("--contenders", default="ftkit,before", help="from ftkit, ftkit_b8, before, two_pass")
+    p.add_argument("--contenders", default="ftkit,before", help="from ftkit, before, two_pass")
+    p.add_argument("--batch-size", type=int, default=8, help="rows decoded together by the ftkit contender")
     p.add_argument("--against", default="before", help="the contender the others are compared with")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--chunk", type=int, default=32, help="rows timed with every contender back to back")

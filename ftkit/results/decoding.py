@@ -1,10 +1,10 @@
 """Greedy decoding of many rows at once, each row read out after a context of its own when it is done.
 
 The engine behind the reason method (:mod:`ftkit.results.reasoning`). ``model.generate`` keeps every row of a batch
-until the longest one ends; here a row that is done leaves the batch, so later steps carry only the rows still
-writing, and more rows can share each step (a decoding step reads all the weights whether it carries 8 rows or 32,
-so on a CPU it costs nearly the same). When a row is done, the caller names the context to read it out after (for
-the reason method: the training row re-encoded with the marker). Where that context differs from the tokens already
+until the longest one ends, feeding finished rows padding; here a row that is done leaves the batch and its KV cache
+(which transformers' dynamic cache copies whole at every step), so later steps carry only the rows still writing.
+When a row is done, the caller names the context to read it out after (for the reason method: the training row
+re-encoded with the marker). Where that context differs from the tokens already
 fed, the differing cached positions are masked out and its own tokens are fed, one per step with the row's true
 positions, so the logits returned are the next-token logits after exactly that context: what a fresh forward pass
 over it gives, up to float rounding.
@@ -60,7 +60,7 @@ def decode_rows(
     stop: Callable[[list[int]], bool],
     readout: Callable[[int, list[int]], list[int]],
     wanted: list[int],
-    batch_size: int = 32,
+    batch_size: int = 8,
 ) -> list[tuple[list[int], list[float]]]:
     """Greedy continuations of ``contexts``, each ended by EOS, ``stop(generated)`` or ``max_new_tokens``.
 

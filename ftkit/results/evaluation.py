@@ -30,7 +30,7 @@ from ftkit.results.inference import (
     parse_decision,
     score_labels,
 )
-from ftkit.results.reasoning import REASON_BATCH, REASON_TOKENS, label_tokens_after, score_after_reasoning
+from ftkit.results.reasoning import REASON_TOKENS, label_tokens_after, score_after_reasoning
 from ftkit.results.scores import UNPARSED, EvalResult, margin_auc
 
 METHODS = ("score", "generate", "reason")
@@ -150,7 +150,7 @@ def evaluate(
     out: str | os.PathLike | None = "predictions.json",
     method: str = "score",
     limit: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int = 8,
     labels=None,
     device: str = "auto",
     jobs_dir: str | os.PathLike | None = None,
@@ -183,8 +183,7 @@ def evaluate(
             ``max_new_tokens``, default 128), then the labels' scores right after it
             (:mod:`ftkit.results.reasoning`).
         limit: evaluate only the first ``limit`` rows (the predictions then hold only those).
-        batch_size: rows per forward pass (left padded; results do not depend on it beyond float rounding); default
-            8, and for ``"reason"`` 32 rows decoded together, each leaving the batch when it is done.
+        batch_size: rows per forward pass (left padded; results do not depend on it beyond float rounding).
         labels: the decision words (default: yes, no, maybe, with the free-text fallback above).
         prompt_column, label_column, answer_column: the data's columns; the gold label is read from
             ``label_column`` (default ``final_decision`` when present), else from the answer's first word.
@@ -200,7 +199,6 @@ def evaluate(
     if method == "reason":
         marker = marker or REASON_MARKER
     max_new_tokens = max_new_tokens or (REASON_TOKENS if method == "reason" else 8)
-    batch_size = batch_size or (REASON_BATCH if method == "reason" else 8)
     rows = read_eval_data(data, labels, prompt_column, limit, label_column, answer_column, free_text, marker)
     model, tok = loaded if loaded is not None else load_for_inference(model_ref, device, jobs_dir)
     prompts = [r.prompt for r in rows]
@@ -292,7 +290,7 @@ def compare(
     data: str | os.PathLike = "test.csv",
     method: str | dict = "score",
     limit: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int = 8,
     out_dir: str | os.PathLike | None = None,
     baseline: bool = True,
     **kwargs,

@@ -23,7 +23,6 @@ from ftkit.results.inference import (
 )
 
 REASON_TOKENS = 128  # default generation budget: PubMedQA conclusions are ~50 tokens (at most ~165)
-REASON_BATCH = 32  # rows decoded together (benchmarks/reason_throughput.py --batch-sizes measures the choice)
 
 
 def _split_after_marker(tokenizer, prompt, reasoning: str, marker: str, label: str) -> tuple[list[int], int]:
@@ -82,7 +81,7 @@ def _marker_written(tokenizer, marker: str):
 
 
 def score_after_reasoning(
-    model, tokenizer, prompts, labels, marker: str, max_new_tokens: int = REASON_TOKENS, batch_size: int = REASON_BATCH
+    model, tokenizer, prompts, labels, marker: str, max_new_tokens: int = REASON_TOKENS, batch_size: int = 8
 ) -> tuple[list[str], list[list[float]], list[str]]:
     """(predicted labels, per-row log-probs of the labels, the generated reasoning) for each prompt.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ftkit.data.labels import PUBMEDQA_LABELS, LabelReader
 from ftkit.errors import FtkitError
 from ftkit.results.inference import argmax_labels, contexts, label_token_ids, next_token_logprobs
-from ftkit.results.reasoning import REASON_BATCH, REASON_TOKENS, label_tokens_after, score_after_reasoning
+from ftkit.results.reasoning import REASON_TOKENS, label_tokens_after, score_after_reasoning
 from ftkit.results.scores import classification_metrics, margin_auc
 
 
@@ -78,13 +78,12 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
 
 
 class TaskScorer:
-    """Scores the validation prompts' labels with a model as ``ftkit evaluate`` does: one forward pass per row, or
-    generation up to the label marker and the labels' scores after it."""
+    """Scores the validation prompts' labels with a model: one forward pass per row, as ``ftkit evaluate``."""
 
-    def __init__(self, task: Task, tokenizer, prompts: list[str] | None, batch_size: int | None = None):
+    def __init__(self, task: Task, tokenizer, prompts: list[str] | None, batch_size: int = 8):
         self.task = task
         self.tokenizer = tokenizer
-        self.batch_size = batch_size or (REASON_BATCH if task.marker else 8)
+        self.batch_size = batch_size
         self.prompts = prompts or [None] * len(task.validation_gold)
         if task.marker:  # fails here, before training, when the labels cannot be told apart after the marker
             label_tokens_after(tokenizer, task.labels, task.marker)
