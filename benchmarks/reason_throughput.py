@@ -4,6 +4,7 @@ task metrics) on the cookbook's prompts (reason answers, results sections) of of
 Contenders, each run as ``(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)``:
 - ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows leave the batch when done), at
   ``--batch-size`` rows (default 8, ftkit's default);
+- ``ftkit_bf16``: the same on a bf16 copy of the model (an approximate path; on CPUs with native bf16 only);
 - ``before``: what ftkit ran before (``model.generate`` on batches of 8, labels scored from its KV cache;
   ``_reason_before.py``);
 - ``two_pass``: generate, then a second full pass over prompt and reasoning (the reference implementation).
@@ -38,6 +39,7 @@ def contenders(batch_size: int):
 
     return {  # name -> (function, rows per batch)
         "ftkit": (score_after_reasoning, batch_size),
+        "ftkit_bf16": (score_after_reasoning, batch_size),
         "before": (score_after_reasoning_generate, 8),
         "two_pass": (score_after_reasoning_twice, 8),
     }
@@ -49,9 +51,16 @@ def run(args, rows) -> dict:
     every = contenders(args.batch_size)
     names = args.contenders.split(",")
     model, tok = load_for_inference(args.model, device="cpu")
+    models = {name: model for name in names}
+    if "ftkit_bf16" in names:
+        import copy
+
+        import torch
+
+        models["ftkit_bf16"] = copy.deepcopy(model).to(torch.bfloat16)
     prompts = [r.prompt for r in rows]
     for name in names:  # warm-up (allocation, thread pool, code paths)
-        every[name][0](model, tok, prompts[:2], DECISIONS, MARKER, 4, 2)
+        every[name][0](models[name], tok, prompts[:2], DECISIONS, MARKER, 4, 2)
     found = {name: ([], [], []) for name in names}
     seconds = {name: [] for name in names}
     for n, s in enumerate(range(0, len(prompts), args.chunk)):
@@ -59,7 +68,7 @@ def run(args, rows) -> dict:
         for name in names[n % len(names) :] + names[: n % len(names)]:
             fn, batch = every[name]
             t = time.perf_counter()
-            out = fn(model, tok, chunk, DECISIONS, MARKER, args.max_new_tokens, batch)
+            out = fn(models[name], tok, chunk, DECISIONS, MARKER, args.max_new_tokens, batch)
             seconds[name].append(time.perf_counter() - t)
             for acc, part in zip(found[name], out, strict=True):
                 acc.extend(part)
@@ -88,7 +97,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=64, help="stratified test rows (500 = all)")
     p.add_argument("--model", default="bundled", help="a model reference, job folder or export archive")
-    p.add_argument("--contenders", default="ftkit,before", help="from ftkit, before, two_pass")
+    p.add_argument("--contenders", default="ftkit,before", help="from ftkit, ftkit_bf16, before, two_pass")
     p.add_argument("--batch-size", type=int, default=8, help="rows decoded together by the ftkit contender")
     p.add_argument("--against", default="before", help="the contender the others are compared with")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -135,8 +144,8 @@ def report(res: dict, ref: str) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads; load average "
         f"{m['load_average_start']} at start, {m['load_average_end']} at end), torch {m['torch']}.",
         f"Model {st['model']}, {st['n_rows']} stratified official PubMedQA test rows (the cookbook's prompts: reason "
-        f"answers, results sections), up to {st['max_new_tokens']} new tokens, fp32; chunks of {st['chunk']} rows "
-        "timed with every contender back to back, order rotating.",
+        f"answers, results sections), up to {st['max_new_tokens']} new tokens, fp32 unless named; chunks of "
+        f"{st['chunk']} rows timed with every contender back to back, order rotating.",
         "",
         f"| contender | rows per batch | seconds | s/row | rows/s | speed-up vs {ref} (total; median chunk) | "
         "predictions equal | reasoning equal | accuracy |",
