@@ -170,7 +170,7 @@ def report(res: dict, ref: str) -> str:
     lines += [
         "",
         f"Run: `python benchmarks/reason_throughput.py --rows {st['rows']} --model {st['model']} "
-        f"--contenders {st['contenders']}`",
+        f"--contenders {st['contenders']} --against {st['against']} --batch-size {st['batch_size']}`",
     ]
     return "\n".join(lines) + "\n"
 
