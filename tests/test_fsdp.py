@@ -106,6 +106,26 @@ def test_two_process_fsdp_run_matches_one_process_writes_once_and_resumes(tmp_pa
     assert max(float((_adapter(job)[k] - ours[k]).abs().max()) for k in ours) < 1e-5
 
 
+def test_task_metrics_that_reason_first_are_scored_in_step_by_two_fsdp_processes(tmp_path, tiny_model_dir):
+    spec = fsdp_spec(tmp_path, tiny_model_dir, "runs", max_steps=2, label_marker="Answer:")
+    spec["hyperparameters"]["n_evals"] = 1
+    for split in ("train", "validation"):  # answers that reason first, as the cookbook's
+        p = tmp_path / "data" / f"{split}.csv"
+        text = p.read_text().replace(",yes\n", ',"It is even.\nAnswer: yes"\n')
+        p.write_text(text.replace(",no\n", ',"It is odd.\nAnswer: no"\n'))
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(spec))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29534", "-m", "ftkit", "train", str(job_file), "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("job tiny: completed") == 2, out.stdout
+    job = jobstore.get_job("tiny", tmp_path / "runs")
+    (scored,) = [r for r in job.metrics() if r["eval_accuracy"] is not None]
+    assert set(scored["eval_label_shares"]) == {"yes", "no", "maybe"}
+    assert "decided after generating up to 'Answer:'" in (job.path / "job.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("local", "field", "fragment"),
     [

@@ -80,6 +80,14 @@ def _marker_written(tokenizer, marker: str):
     return stop
 
 
+def _sharded(model) -> bool:
+    """Whether ``model`` is FSDP-sharded over several processes (each forward gathers weights from all of them)."""
+    import torch.distributed as dist
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_fsdp_managed_module(model)
+
+
 def score_after_reasoning(
     model, tokenizer, prompts, labels, marker: str, max_new_tokens: int = REASON_TOKENS, batch_size: int = 8
 ) -> tuple[list[str], list[list[float]], list[str]]:
@@ -89,8 +97,12 @@ def score_after_reasoning(
     (:func:`ftkit.results.decoding.decode_rows`), and scored by continuing its own KV cache: the prompt and the
     reasoning are not run through the model a second time (the scored context is still the re-encoded training
     row; only its tokens that differ from the generated ones are new). Same predictions as
-    :func:`score_after_reasoning_twice` (benchmarks/reason_throughput.py compares them row by row).
+    :func:`score_after_reasoning_twice` (benchmarks/reason_throughput.py compares them row by row), which runs
+    instead under FSDP over several processes, where rows ending at different steps would leave the processes'
+    collective forwards out of step.
     """
+    if _sharded(model):  # every forward is collective: model.generate keeps the processes stepping together
+        return score_after_reasoning_twice(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)
     firsts = label_tokens_after(tokenizer, labels, marker)
     reasons = [""] * len(prompts)
 
