@@ -1,12 +1,12 @@
-"""The reason method as ftkit ran it before ftkit.results.decoding (commit 2d554ca), kept verbatim for
-reason_throughput.py's before/after: ``model.generate`` on batches of 8 (every row stays in the batch until the
-longest one ends), then the labels scored by continuing generation's KV cache."""
+"""The reason method as ftkit ran it before ftkit.results.decoding (commit 2d554ca), kept for reason_throughput.py's
+before/after (verbatim but for the helpers' public names): ``model.generate`` on batches of 8 (every row stays in the
+batch until the longest one ends), then the labels scored by continuing generation's KV cache."""
 
 from __future__ import annotations
 
 from ftkit.results.decoding import common_prefix as _common_prefix
 from ftkit.results.inference import argmax_labels, contexts, left_pad, length_batches, model_device
-from ftkit.results.reasoning import _generation_config, _reasoning, _split_after_marker, label_tokens_after
+from ftkit.results.reasoning import label_tokens_after, marker_generation_config, reasoning_text, split_after_marker
 
 
 def score_after_reasoning_generate(model, tokenizer, prompts, labels, marker, max_new_tokens=128, batch_size=8):
@@ -14,7 +14,7 @@ def score_after_reasoning_generate(model, tokenizer, prompts, labels, marker, ma
 
     firsts = label_tokens_after(tokenizer, labels, marker)
     wanted = [firsts[x] for x in labels]
-    cfg = _generation_config(model, tokenizer, marker, max_new_tokens)
+    cfg = marker_generation_config(model, tokenizer, marker, max_new_tokens)
     cfg.return_dict_in_generate = True  # the sequences and the KV cache, to score from
     ctx = contexts(tokenizer, prompts)
     logps: list[list[float]] = [[]] * len(prompts)
@@ -27,8 +27,8 @@ def score_after_reasoning_generate(model, tokenizer, prompts, labels, marker, ma
             generated = [out.sequences[r, ids.shape[1] :].tolist() for r in range(len(idx))]
             scored = []
             for i, gen in zip(idx, generated, strict=True):
-                reasons[i] = _reasoning(tokenizer, gen, marker)
-                scored.append(_split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0])
+                reasons[i] = reasoning_text(tokenizer, gen, marker)
+                scored.append(split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0])
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             found = _scores_from_cache(
                 model, cache, ids.shape[1], rows, generated, scored, wanted, tokenizer.pad_token_id

@@ -25,7 +25,7 @@ from ftkit.results.inference import (
 REASON_TOKENS = 128  # default generation budget: PubMedQA conclusions are ~50 tokens (at most ~165)
 
 
-def _split_after_marker(tokenizer, prompt, reasoning: str, marker: str, label: str) -> tuple[list[int], int]:
+def split_after_marker(tokenizer, prompt, reasoning: str, marker: str, label: str) -> tuple[list[int], int]:
     """(token ids up to and including the marker, id of the label's first token after it) for one row."""
     head = f"{reasoning}\n{marker}" if reasoning else marker
     ctx, answer = encode_for_answer(tokenizer, prompt, f"{head} {label}")
@@ -40,13 +40,14 @@ def _split_after_marker(tokenizer, prompt, reasoning: str, marker: str, label: s
 
 def label_tokens_after(tokenizer, labels, marker: str) -> dict[str, int]:
     """The first token of each label where it follows the marker; labels must start with distinct tokens."""
-    firsts = {label: _split_after_marker(tokenizer, "?", "x", marker, label)[1] for label in labels}
+    firsts = {label: split_after_marker(tokenizer, "?", "x", marker, label)[1] for label in labels}
     if len(set(firsts.values())) < len(firsts):
         raise UsageError(f"labels {list(labels)} start with the same token after {marker!r}; use distinct labels")
     return firsts
 
 
-def _generation_config(model, tokenizer, marker: str, max_new_tokens: int):
+def marker_generation_config(model, tokenizer, marker: str, max_new_tokens: int):
+    """``model.generate``'s greedy settings for writing up to the marker (the two-pass reference uses them)."""
     from transformers import GenerationConfig
 
     if max_new_tokens < 1:
@@ -60,7 +61,8 @@ def _generation_config(model, tokenizer, marker: str, max_new_tokens: int):
     )
 
 
-def _reasoning(tokenizer, generated, marker: str) -> str:
+def reasoning_text(tokenizer, generated, marker: str) -> str:
+    """The generated text before the marker, stripped: what the scored context re-encodes."""
     return tokenizer.decode(generated, skip_special_tokens=True).split(marker, 1)[0].strip()
 
 
@@ -107,8 +109,8 @@ def score_after_reasoning(
     reasons = [""] * len(prompts)
 
     def readout(i: int, generated: list[int]) -> list[int]:
-        reasons[i] = _reasoning(tokenizer, generated, marker)
-        return _split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0]
+        reasons[i] = reasoning_text(tokenizer, generated, marker)
+        return split_after_marker(tokenizer, prompts[i], reasons[i], marker, labels[0])[0]
 
     found = decode_rows(
         model,
@@ -131,7 +133,7 @@ def generate_reasoning(
     """The greedy text each prompt's answer starts with, up to (not including) the marker."""
     import torch
 
-    cfg = _generation_config(model, tokenizer, marker, max_new_tokens)
+    cfg = marker_generation_config(model, tokenizer, marker, max_new_tokens)
     ctx = contexts(tokenizer, prompts)
     out = [""] * len(prompts)
     with torch.inference_mode():
@@ -139,7 +141,7 @@ def generate_reasoning(
             ids, mask, _ = left_pad([ctx[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=tokenizer)
             for row, i in enumerate(idx):
-                out[i] = _reasoning(tokenizer, gen[row, ids.shape[1] :], marker)
+                out[i] = reasoning_text(tokenizer, gen[row, ids.shape[1] :], marker)
     return out
 
 
@@ -150,6 +152,6 @@ def score_after_reasoning_twice(
     second full forward pass (kept for tests and the benchmark's before/after)."""
     tokens = label_tokens_after(tokenizer, labels, marker)
     reasons = generate_reasoning(model, tokenizer, prompts, marker, max_new_tokens, batch_size)
-    scored = [_split_after_marker(tokenizer, p, r, marker, labels[0])[0] for p, r in zip(prompts, reasons, strict=True)]
+    scored = [split_after_marker(tokenizer, p, r, marker, labels[0])[0] for p, r in zip(prompts, reasons, strict=True)]
     logps = next_token_logprobs(model, tokenizer, scored, [tokens[x] for x in labels], batch_size)
     return argmax_labels(logps, labels), logps, reasons
