@@ -4,10 +4,9 @@ The engine behind the reason method (:mod:`ftkit.results.reasoning`). ``model.ge
 until the longest one ends, feeding finished rows padding; here a row that is done leaves the batch and its KV cache
 (which transformers' dynamic cache copies whole at every step), so later steps carry only the rows still writing.
 When a row is done, the caller names the context to read it out after (for the reason method: the training row
-re-encoded with the marker). Where that context differs from the tokens already
-fed, the differing cached positions are masked out and its own tokens are fed, one per step with the row's true
-positions, so the logits returned are the next-token logits after exactly that context: what a fresh forward pass
-over it gives, up to float rounding.
+re-encoded with the marker). Where that context differs from the tokens already fed, the differing cached positions
+are masked out and its own tokens are fed, one per step with the row's true positions, so the logits returned are
+the next-token logits after exactly that context: what a fresh forward pass over it gives, up to float rounding.
 """
 
 from __future__ import annotations
@@ -118,7 +117,6 @@ def _advance(rows: list[_Row], logits, mask, results, ending: _Ending):
     import torch
 
     picks = logits.argmax(-1).tolist()
-    scores = torch.log_softmax(logits, dim=-1)[:, torch.tensor(ending.wanted, device=logits.device)].cpu()
     running, keep = [], []
     for b, row in enumerate(rows):
         if row.feed is None:
@@ -133,7 +131,8 @@ def _advance(rows: list[_Row], logits, mask, results, ending: _Ending):
                 row.next = token
         if row.feed is not None:
             if not row.feed:  # the whole readout context is in: these logits are the answer
-                results[row.index] = (row.generated, scores[b].tolist())
+                logps = torch.log_softmax(logits[b], dim=-1)[torch.tensor(ending.wanted, device=logits.device)]
+                results[row.index] = (row.generated, logps.tolist())
                 continue
             row.next = row.feed.pop(0)
         running.append(row)

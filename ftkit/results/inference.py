@@ -267,6 +267,13 @@ def argmax_labels(logprobs: list[list[float]], labels) -> list[str]:
     return [labels[max(range(len(labels)), key=lambda j, r=r: r[j])] for r in logprobs]
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the model's generation config's EOS ids and the tokenizer's."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return sorted(e for e in eos if isinstance(e, int))
+
+
 def generate_texts(
     model,
     tokenizer,
@@ -283,13 +290,11 @@ def generate_texts(
     if max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ctx = contexts(tokenizer, prompts)
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(e for e in eos if e is not None),
+        eos_token_id=eos_ids(model, tokenizer),
     )
     out: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generating", unit="row", disable=not progress)

@@ -16,6 +16,7 @@ from ftkit.results.inference import (
     argmax_labels,
     contexts,
     encode_for_answer,
+    eos_ids,
     left_pad,
     length_batches,
     model_device,
@@ -56,7 +57,7 @@ def marker_generation_config(model, tokenizer, marker: str, max_new_tokens: int)
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=_eos_ids(model, tokenizer),
+        eos_token_id=eos_ids(model, tokenizer),
         stop_strings=[marker],
     )
 
@@ -64,12 +65,6 @@ def marker_generation_config(model, tokenizer, marker: str, max_new_tokens: int)
 def reasoning_text(tokenizer, generated, marker: str) -> str:
     """The generated text before the marker, stripped: what the scored context re-encodes."""
     return tokenizer.decode(generated, skip_special_tokens=True).split(marker, 1)[0].strip()
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return sorted(e for e in eos if isinstance(e, int))
 
 
 def _marker_written(tokenizer, marker: str):
@@ -116,7 +111,7 @@ def score_after_reasoning(
         model,
         contexts(tokenizer, prompts),
         max_new_tokens=max_new_tokens,
-        eos_ids=set(_eos_ids(model, tokenizer)),
+        eos_ids=set(eos_ids(model, tokenizer)),
         pad_id=tokenizer.pad_token_id,
         stop=_marker_written(tokenizer, marker),
         readout=readout,
