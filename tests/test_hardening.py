@@ -372,6 +372,26 @@ def test_a_failing_notebook_is_named_with_its_cell_and_the_error_alone(tmp_path)
         assert noise not in proc.stderr
 
 
+def test_what_the_kernel_process_writes_to_stderr_goes_to_a_log_not_the_terminal(tmp_path, capfd):
+    # papermill's shutdown can make the kernel log a ZMQ traceback of its own (seen once in a CI-class run of the
+    # test above); a cell writing to file descriptor 2 reaches the same place, deterministically
+    import nbformat
+
+    from ftkit.cookbook.runner import execute
+
+    source = tmp_path / "noisy.ipynb"
+    cell = "import os\nos.write(2, b'Traceback (most recent call last): kernel noise\\n')"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), source)
+    (tmp_path / "out").mkdir()
+    log = execute(source, tmp_path / "out" / "noisy.ipynb", {}, cwd=tmp_path)
+    assert "kernel noise" not in capfd.readouterr().err
+    assert log == tmp_path / "out" / "noisy.kernel.log" and "kernel noise" in log.read_text()
+    quiet = tmp_path / "quiet.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), quiet)
+    assert execute(quiet, tmp_path / "out" / "quiet.ipynb", {}, cwd=tmp_path) is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["noisy.ipynb", "noisy.kernel.log", "quiet.ipynb"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

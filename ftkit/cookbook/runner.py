@@ -197,20 +197,49 @@ def run_suite(
         if progress:
             print(f"ftkit: running {nb} ...", flush=True)
         try:
-            pm.execute_notebook(
-                str(src / f"{nb}.ipynb"),
-                str(target),
-                parameters=params,
-                kernel_name=KERNEL,
-                cwd=str(src),
-                progress_bar=False,
-                extra_arguments=KERNEL_ARGUMENTS,
-            )
+            execute(src / f"{nb}.ipynb", target, params, cwd=src)
         except pm.PapermillExecutionError as e:
             raise _failure(nb, target, e) from None
         run.executed.append(target)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def execute(source: Path, target: Path, parameters: dict, cwd: Path) -> Path | None:
+    """Execute one notebook with papermill into ``target``. What the kernel process itself writes to stderr (its
+    shutdown log, C libraries writing to the file descriptor) goes to ``<target>.kernel.log`` rather than the
+    terminal; the log is kept only when not empty and its path returned."""
+    import papermill as pm
+
+    log = Path(target).with_suffix(".kernel.log")
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(target),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            cwd=str(cwd),
+            progress_bar=False,
+            extra_arguments=KERNEL_ARGUMENTS,
+            kernel_manager_class=_kernel_logged_to(log),
+        )
+    finally:
+        if log.is_file() and log.stat().st_size == 0:
+            log.unlink()
+    return log if log.is_file() else None
+
+
+def _kernel_logged_to(log: Path) -> type:
+    """A kernel manager whose kernel process writes its stderr to ``log``: the kernel can log a traceback of its
+    own while papermill shuts it down (a ZMQ socket already closed), which a user would take for a failure."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            with open(log, "ab") as f:  # the kernel process keeps its own copy of the descriptor
+                return await super().start_kernel(stderr=f, **kw)
+
+    return LoggedKernelManager
 
 
 def refresh_outputs() -> float:
