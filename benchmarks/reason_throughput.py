@@ -2,15 +2,18 @@
 task metrics) on the cookbook's prompts (reason answers, results sections) of official PubMedQA test rows.
 
 Contenders, each run as ``(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)``:
-- ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows leave the batch when done), at
-  ``--batch-size`` rows (default 8, ftkit's default);
+- ``ftkit``: :func:`ftkit.results.reasoning.score_after_reasoning` (rows decoded in slots, each freed for the next
+  row when its row is done; at least ``--batch-size`` slots, default 8 as ``ftkit evaluate``, more where the KV
+  cache budget allows: the table says how many);
 - ``ftkit_bf16``: the same on a bf16 copy of the model (an approximate path; on CPUs with native bf16 only);
 - ``before``: what ftkit ran before (``model.generate`` on batches of 8, labels scored from its KV cache;
   ``_reason_before.py``);
 - ``two_pass``: generate, then a second full pass over prompt and reasoning (the reference implementation).
 
-Rows are processed in chunks (``--chunk``), each chunk timed with every contender back to back, the order rotating
-from chunk to chunk, so load from other processes hits them alike. Predictions, log-probabilities and reasoning are
+Rows are processed in chunks (``--chunk``, default 125: four for the 500 official rows), each chunk timed with every
+contender back to back, the order rotating from chunk to chunk, so load from other processes hits them alike. A chunk
+is one call, as ``ftkit evaluate`` makes one call for the whole file: chunks much shorter than that would time the
+slots filling and draining more often than a real evaluation does. Predictions, log-probabilities and reasoning are
 compared row by row with the first contender given to ``--against`` (default ``before``); every differing row is
 listed.
 
@@ -73,7 +76,22 @@ def run(args, rows) -> dict:
             for acc, part in zip(found[name], out, strict=True):
                 acc.extend(part)
         print(f"rows {s + len(chunk)}/{len(prompts)}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()))
-    return {"found": found, "seconds": seconds, "batch": {k: every[k][1] for k in names}}
+    return {
+        "found": found,
+        "seconds": seconds,
+        "batch": {k: _batch(k, every[k][1], model, tok, prompts, args) for k in names},
+    }
+
+
+def _batch(name: str, batch: int, model, tok, prompts, args) -> str:
+    """What the table says under "rows per batch": the ftkit contenders' slots for the first chunk."""
+    if not name.startswith("ftkit"):
+        return str(batch)
+    from ftkit.results.decoding import slot_count
+    from ftkit.results.inference import contexts
+
+    ctx = contexts(tok, prompts[: args.chunk])
+    return f"{slot_count(model, ctx, args.max_new_tokens, batch)} slots"
 
 
 def compare(rows, found, name: str, ref: str) -> dict:
@@ -101,7 +119,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8, help="rows decoded together by the ftkit contender")
     p.add_argument("--against", default="before", help="the contender the others are compared with")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--chunk", type=int, default=32, help="rows timed with every contender back to back")
+    p.add_argument("--chunk", type=int, default=125, help="rows timed with every contender back to back")
     p.add_argument("--source", default=str(ROOT.parent / "shared" / "pubmedqa" / "ori_pqal.json"))
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
@@ -170,7 +188,8 @@ def report(res: dict, ref: str) -> str:
     lines += [
         "",
         f"Run: `python benchmarks/reason_throughput.py --rows {st['rows']} --model {st['model']} "
-        f"--contenders {st['contenders']} --against {st['against']} --batch-size {st['batch_size']}`",
+        f"--contenders {st['contenders']} --against {st['against']} --batch-size {st['batch_size']} "
+        f"--chunk {st['chunk']}`",
     ]
     return "\n".join(lines) + "\n"
 

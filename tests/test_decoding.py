@@ -1,4 +1,4 @@
-"""Greedy decoding with rows leaving the batch (ftkit.results.decoding), on the bundled SmolLM2."""
+"""Greedy decoding in slots with rows coming and going (ftkit.results.decoding), on the bundled SmolLM2."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def bundled(bundled_model_dir):
     from ftkit.results.inference import load_for_inference
 
     return load_for_inference(str(bundled_model_dir), device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def slots_as_asked(monkeypatch):
+    """batch_size slots exactly (else as many rows as fit the cache budget share a batch: all of these)."""
+    monkeypatch.setattr("ftkit.results.decoding.CACHE_BYTES", 0)
 
 
 def _decode(model, tok, readout, batch_size, max_new_tokens=12, stop=lambda g: False):
@@ -47,15 +53,19 @@ def test_decoded_rows_match_model_generate_and_a_fresh_pass_over_a_readout_conte
     model, tok = bundled
     ctx = contexts(tok, PROMPTS)
     # read each row out after a context that keeps only the first 3 generated tokens and then says something else:
-    # the cached tokens after those 3 must be masked out and the new ones fed at the right positions
-    other = tok(" In short, the answer is", add_special_tokens=False)["input_ids"]
+    # the cached tokens after those 3 must be masked out and the new ones fed at the right positions; it is longer
+    # than the slots were planned for (context + max_new_tokens + 8), so the cache grows on the way
+    other = tok(
+        " In short, having weighed all that was said above, I would say that the answer is", add_special_tokens=False
+    )["input_ids"]
+    assert len(other) > 8 + 3
     targets = {}
 
     def readout(i, generated):
         targets[i] = ctx[i] + generated[:3] + other
         return targets[i]
 
-    found = _decode(model, tok, readout, batch_size=3)
+    found = _decode(model, tok, readout, batch_size=3)  # 5 rows in 3 slots: two rows wait for a free slot
     ids, mask, _ = left_pad(ctx[:1], tok.pad_token_id, "cpu")
     cfg = GenerationConfig(max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=[2])
     with torch.inference_mode():
@@ -90,3 +100,35 @@ def test_decoding_refuses_a_budget_below_one_token(bundled):
     model, tok = bundled
     with pytest.raises(UsageError, match="max_new_tokens must be >= 1, got 0"):
         _decode(model, tok, lambda i, g: g, batch_size=2, max_new_tokens=0)
+
+
+def test_contexts_sharing_no_prefix_and_one_token_contexts_decode_as_each_does_alone(bundled):
+    # the shared-prefix prefill must step aside: nothing shared here, and a context of one token keeps it for itself
+    from ftkit.results.decoding import decode_rows
+
+    model, tok = bundled
+    ctx = [
+        tok("Hello", add_special_tokens=False)["input_ids"],
+        tok("The weather today", add_special_tokens=False)["input_ids"],
+        tok("Hello there", add_special_tokens=False)["input_ids"],
+    ]
+    assert len(ctx[0]) == 1
+
+    def run(rows, batch_size):
+        return decode_rows(
+            model,
+            rows,
+            max_new_tokens=6,
+            eos_ids={tok.eos_token_id},
+            pad_id=tok.pad_token_id,
+            stop=lambda g: False,
+            readout=lambda i, g: rows[i] + g,
+            wanted=[0, 1, 2],
+            batch_size=batch_size,
+        )
+
+    together = run(ctx, 2)
+    for i, row in enumerate(ctx):
+        (alone,) = run([row], 1)
+        assert together[i][0] == alone[0]
+        assert max(abs(a - b) for a, b in zip(together[i][1], alone[1], strict=True)) < 2e-3

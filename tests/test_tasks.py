@@ -252,3 +252,18 @@ def test_scoring_from_the_generation_cache_gives_the_two_pass_scores_whether_the
     assert fast[0] == slow[0] and fast[2] == slow[2]
     for a, b in zip(fast[1], slow[1], strict=True):
         assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_a_model_without_sdpa_attention_is_scored_by_the_two_pass_reference(bundled_model_dir):
+    # the slots hand SDPA a boolean 4-D mask, which eager attention would add to its scores instead of masking
+    from ftkit.results.decoding import slots_supported
+    from ftkit.results.inference import load_for_inference
+    from ftkit.results.reasoning import score_after_reasoning, score_after_reasoning_twice
+
+    model, tok = load_for_inference(str(bundled_model_dir), device="cpu")
+    assert slots_supported(model)
+    model.set_attn_implementation("eager")
+    assert not slots_supported(model)
+    prompts = ["Is the sky blue? Explain briefly, then answer yes or no after 'Answer:'.", "Is water wet?", "Why?"]
+    args = (model, tok, prompts, ("yes", "no", "maybe"), "Answer:")
+    assert score_after_reasoning(*args, 12, 2) == score_after_reasoning_twice(*args, 12, 2)

@@ -10,7 +10,7 @@ such a row (:func:`~ftkit.results.inference.encode_for_answer`), so the scored p
 from __future__ import annotations
 
 from ftkit.errors import UsageError
-from ftkit.results.decoding import decode_rows
+from ftkit.results.decoding import decode_rows, slots_supported
 from ftkit.results.inference import (
     aligned_prefix,
     argmax_labels,
@@ -90,15 +90,16 @@ def score_after_reasoning(
 ) -> tuple[list[str], list[list[float]], list[str]]:
     """(predicted labels, per-row log-probs of the labels, the generated reasoning) for each prompt.
 
-    Rows are generated greedily up to the marker ``batch_size`` at a time, each leaving the batch when it is done
-    (:func:`ftkit.results.decoding.decode_rows`), and scored by continuing its own KV cache: the prompt and the
-    reasoning are not run through the model a second time (the scored context is still the re-encoded training
-    row; only its tokens that differ from the generated ones are new). Same predictions as
-    :func:`score_after_reasoning_twice` (benchmarks/reason_throughput.py compares them row by row), which runs
-    instead under FSDP over several processes, where rows ending at different steps would leave the processes'
-    collective forwards out of step.
+    Rows are generated greedily up to the marker in slots that a row frees for the next one when it is done
+    (:func:`ftkit.results.decoding.decode_rows`: at least ``batch_size`` slots, more where the KV cache budget allows),
+    and scored by continuing their own KV cache: the prompt and the reasoning are not run through the model a second
+    time (the scored context is still the re-encoded training row; only its tokens that differ from the generated
+    ones are new). Same predictions as :func:`score_after_reasoning_twice` (benchmarks/reason_throughput.py compares
+    them row by row), which runs instead under FSDP over several processes, where rows ending at different steps
+    would leave the processes' collective forwards out of step, and for models the slots do not support
+    (:func:`~ftkit.results.decoding.slots_supported`).
     """
-    if _sharded(model):  # every forward is collective: model.generate keeps the processes stepping together
+    if _sharded(model) or not slots_supported(model):
         return score_after_reasoning_twice(model, tokenizer, prompts, labels, marker, max_new_tokens, batch_size)
     firsts = label_tokens_after(tokenizer, labels, marker)
     reasons = [""] * len(prompts)
