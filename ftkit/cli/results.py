@@ -96,7 +96,12 @@ def add_evaluation(sub) -> None:
         help="column with reference answers; a label is read from its first word where the label column is empty",
     )
     e.add_argument("--limit", type=int, default=None, help="only the first N rows")
-    e.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="rows per forward pass (default 8; --method reason decodes more together where a 1 GiB KV cache allows)",
+    )
     e.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
     e.add_argument("--jobs-dir", default=None, help="where job ids are looked up (default runs/)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
