@@ -104,6 +104,7 @@ class SlotCache:
         return self.valid[:, None, None, : self._width]
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        """Write one layer's keys and values of this step's tokens; that layer's columns in use, to attend over."""
         slots, columns = self._at
         self.keys[layer_idx][slots, :, columns] = key_states[:, :, 0]
         self.values[layer_idx][slots, :, columns] = value_states[:, :, 0]
@@ -126,7 +127,10 @@ class SlotCache:
         if columns <= capacity:
             return
         grow = max(columns, 2 * capacity) - capacity
-        pad = lambda t: torch.cat([t, t.new_zeros((*t.shape[:2], grow, t.shape[3]))], dim=2)  # noqa: E731
+
+        def pad(t):
+            return torch.cat([t, t.new_zeros((*t.shape[:2], grow, t.shape[3]))], dim=2)
+
         self.keys = [pad(k) for k in self.keys]
         self.values = [pad(v) for v in self.values]
         self.valid = torch.cat([self.valid, self.valid.new_zeros((self.slots, grow))], dim=1)
