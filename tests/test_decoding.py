@@ -132,3 +132,57 @@ def test_contexts_sharing_no_prefix_and_one_token_contexts_decode_as_each_does_a
         (alone,) = run([row], 1)
         assert together[i][0] == alone[0]
         assert max(abs(a - b) for a, b in zip(together[i][1], alone[1], strict=True)) < 2e-3
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "mistral_sliding"])
+def test_the_catalogs_other_families_decode_in_slots_as_model_generate_or_are_left_to_the_two_pass_reference(family):
+    # Qwen2 (q/k/v biases) and Mistral v0.2 decode in slots; Mistral v0.1's 4096-token sliding window does not
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, MistralConfig, Qwen2Config
+
+    from ftkit.results.decoding import decode_rows, slots_supported
+    from ftkit.results.inference import left_pad
+
+    shape = dict(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    config = (
+        Qwen2Config(**shape)
+        if family == "qwen2"
+        else MistralConfig(**shape, sliding_window=4096 if family == "mistral_sliding" else None)
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    if family == "mistral_sliding":
+        assert not slots_supported(model)
+        return
+    assert slots_supported(model)
+    ctx = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 300, 301], [5, 6, 7, 8, 400, 401, 402, 403, 404]]
+    found = decode_rows(
+        model,
+        ctx,
+        max_new_tokens=6,
+        eos_ids={1},
+        pad_id=0,
+        stop=lambda g: False,
+        readout=lambda i, g: ctx[i] + g,
+        wanted=list(range(1000)),
+        batch_size=2,
+    )
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=[1])
+    for row, (generated, logps) in zip(ctx, found, strict=True):
+        ids, mask, _ = left_pad([row], 0, "cpu")
+        with torch.inference_mode():
+            assert (
+                model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[0, len(row) :].tolist()
+                == generated
+            )
+            fresh = torch.log_softmax(model(input_ids=torch.tensor([row + generated])).logits[0, -1].float(), -1)
+        assert (fresh - torch.tensor(logps)).abs().max() < 1e-4
