@@ -167,6 +167,11 @@ def kv_bytes_per_token(model) -> int:
     return 2 * c.num_hidden_layers * heads * head_dim * model.dtype.itemsize
 
 
+def _cache_of(out):
+    """The KV cache a forward pass returned (``cache`` in recent transformers, ``past_key_values`` before)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     """How many leading tokens ``a`` and ``b`` share."""
     n = 0
@@ -240,7 +245,7 @@ class _Decoding:
                 for s, row in enumerate(busy):
                     row.slot = s
                 self.slots = busy
-            self.step()
+            self.step(busy)
 
     def fill(self) -> None:
         """Give each free slot the next prefilled row (prefilling more as needed) and take its first token."""
@@ -277,7 +282,7 @@ class _Decoding:
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
         )
-        prefill = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        prefill = _cache_of(out)
         if self.cache is None:
             self.cache = SlotCache(prefill, len(self.slots), self.capacity)
         logits = out.logits[:, -1].float()
@@ -292,7 +297,7 @@ class _Decoding:
 
         ids = torch.tensor([self.contexts[0][: self.prefix]], device=self.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return _cache_of(out)
 
     def _prefix_for(self, rows: int):
         """A cache holding the shared prefix for ``rows`` rows."""
@@ -303,11 +308,10 @@ class _Decoding:
             cache.update(src.keys.expand(rows, -1, -1, -1), src.values.expand(rows, -1, -1, -1), layer)
         return cache
 
-    def step(self) -> None:
+    def step(self, busy: list[_Row]) -> None:
         """Feed every busy slot's next token (empty slots: padding, unused) and take the logits."""
         import torch
 
-        busy = [row for row in self.slots if row is not None]
         ids = torch.tensor([[row.next if row else self.pad_id] for row in self.slots], device=self.device)
         pos = torch.tensor([[len(row.known) if row else 0] for row in self.slots], device=self.device)
         for row in busy:

@@ -78,7 +78,8 @@ def decision_task(spec, rows) -> tuple[Task | None, str]:
 
 
 class TaskScorer:
-    """Scores the validation prompts' labels with a model: one forward pass per row, as ``ftkit evaluate``."""
+    """Scores the validation prompts' labels with a model as ``ftkit evaluate`` does: one forward pass per row, or
+    generation up to the label marker and the labels' scores after it."""
 
     def __init__(self, task: Task, tokenizer, prompts: list[str] | None, batch_size: int = 8):
         self.task = task
